@@ -17,7 +17,7 @@ from caio.errors import CaioInputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("caio.predict_cli", "register every pair of a LUMIR dataset JSON"),
     "evaluate": ("caio.evaluate", "Dice / HD95 / TRE / NDV of displacement files, as the official evaluator"),
-    "synth": ("caio.synth_cli", "synthetic multi-contrast LUMIR-style data from label maps"),
+    "synth": ("caio.synth", "synthetic multi-contrast LUMIR-style data from label maps"),
     "qc": ("caio.qc", "quality-control pictures of a registration"),
     "pretrain": ("caio.pretrain", "pretrain the instance-optimisation cascade"),
     "weights": ("caio.weights", "list, fetch and verify third-party weights"),
