@@ -225,12 +225,16 @@ def write_nifti_atomic(path: str | os.PathLike, array: np.ndarray, affine: np.nd
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
-        raise CaioInputError(f"{folder}: output folder does not exist")
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CaioInputError(f"{folder}: output folder {what}")
     if not os.access(folder, os.W_OK):
         raise CaioInputError(f"{folder}: output folder is not writable")
     img = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
     img.header.set_xyzt_units("mm")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=folder)
+    except OSError as err:
+        raise CaioInputError(f"{folder}: cannot write to output folder ({err.strerror or err})") from None
     os.close(fd)
     try:
         nib.save(img, tmp)
@@ -308,13 +312,30 @@ def validate_displacement_file(path: str | os.PathLike, shape: Sequence[int] = L
 
 
 def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
-    """Write JSON through a temporary file and rename (NaN/inf written as JSON tokens)."""
+    """Write JSON through a temporary file and rename (NaN/inf written as JSON tokens).
+
+    Missing parent folders are created.
+
+    Raises:
+        CaioInputError: the folder cannot be created or written.
+    """
     path = Path(path)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
+    except OSError as err:
+        raise CaioInputError(f"{folder}: cannot write to output folder ({err.strerror or err})") from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CaioInputError(f"{path}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 

@@ -1,0 +1,433 @@
+"""Evaluation as the official LUMIR 2025 evaluator does it: Dice, HD95, TRE and NDV.
+
+Per pair (``shared/specs/lumir_spec.md`` section 5, ``shared/fixtures/README.md`` section 3):
+
+* The moving label map (and landmark image) is warped by the evaluator's nearest-neighbour
+  pull-back (:func:`caio.spatial.warp_labels_nearest`).
+* Dice and HD95 per label of the label list (133 LUMIR labels including 0 by default). A label
+  missing from the fixed or from the *unwarped* moving map gives NaN; a label that vanishes
+  after warping gives Dice 0 and HD95 ``inf``. The pair value is the ``nanmean`` over labels.
+* TRE: mean distance (voxels) between the centroids of each landmark id (non-zero values of
+  the fixed landmark image) in the fixed and in the warped moving landmark image; NaN when a
+  landmark vanishes.
+* NDV: :func:`caio.spatial.ndv_percent` with the mask ``fixed image > 0``.
+
+Aggregates follow the official ``to_json``: mean, std (ddof 0) and a robustness percentile
+(30th; 70th for TRE, stored under the same key ``"30"`` as in the official ``metrics.json``)
+over the pairs that have the metric, with ``np.quantile`` linear interpolation; ``inf`` and
+NaN propagate. ``ID_dice``, ``OOD_dice`` and ``MM_dice`` cover the pairs of each subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io as text_io
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from caio import io, spatial
+from caio.errors import CaioInputError
+from caio.surface_distance import hd95 as surface_hd95
+
+log = logging.getLogger(__name__)
+
+LUMIR_LABELS: tuple[int, ...] = tuple(
+    [0, 4, 11, 23, 30, 31, 32, *range(35, 42), 44, 45, *range(47, 53), *range(55, 63), 71, 72, 73, 75, 76,
+     *range(100, 110), *range(112, 126), 128, 129, *range(132, 158), *range(160, 188), *range(190, 208)]
+)
+"""The 133 labels of every LUMIR 2025 segmentation config (includes background 0)."""
+
+DSC, HD95, TRE, NDV = "DSC", "HD95", "TRE_lm", "Non-diffeomorphic Volumes"
+"""Metric names as in the official ``metrics.json``."""
+
+ROBUSTNESS_QUANTILE = {DSC: 0.3, HD95: 0.3, NDV: 0.3, TRE: 0.7}
+"""Quantile reported under the key ``"30"`` per metric (the official choice)."""
+
+SUBSET_RANGES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "ID": ((3454, 3493), (3454, 3493)),
+    "OOD": ((4014, 4023), (4014, 4023)),
+    "MM": ((4024, 4032), (4033, 4041)),
+}
+"""Subset -> (fixed ID range, moving ID range), inclusive (spec section 2)."""
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    """Metrics of one pair; ``None`` where the inputs for a metric were not given.
+
+    Attributes:
+        dice, hd95: ``nanmean`` over labels (HD95 in voxels, ``inf`` if a label vanished).
+        tre: mean landmark centroid distance in voxels (NaN if a landmark vanished).
+        ndv: non-diffeomorphic volume in percent.
+        labels, dice_per_label, hd95_per_label: per-label values (NaN = label excluded).
+        landmark_ids, tre_per_landmark: per-landmark distances.
+    """
+
+    ndv: float
+    dice: float | None = None
+    hd95: float | None = None
+    tre: float | None = None
+    labels: tuple[int, ...] = ()
+    dice_per_label: tuple[float, ...] = ()
+    hd95_per_label: tuple[float, ...] = ()
+    landmark_ids: tuple[int, ...] = ()
+    tre_per_landmark: tuple[float, ...] = field(default=())
+
+
+def _as_label_map(array: np.ndarray, what: str) -> np.ndarray:
+    """Integer copy of a label map given as any numeric array."""
+    array = np.asarray(array)
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64, copy=False)
+    if not np.array_equal(array, np.round(array)):
+        raise CaioInputError(f"{what}: label map has non-integer values")
+    return array.astype(np.int64)
+
+
+def _boxes(label_map: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every positive label value (empty when values are unsuitable)."""
+    if label_map.size == 0 or label_map.min() < 0 or label_map.max() > 1_000_000:
+        return {}
+    return {i + 1: box for i, box in enumerate(ndimage.find_objects(label_map)) if box is not None}
+
+
+def _union_box(shape: Sequence[int], *boxes: tuple[slice, ...] | None) -> tuple[slice, ...]:
+    present = [b for b in boxes if b is not None]
+    if not present:
+        return tuple(slice(0, n) for n in shape)
+    return tuple(slice(min(b[a].start for b in present), max(b[a].stop for b in present)) for a in range(3))
+
+
+def dice_and_hd95(fixed_labels: np.ndarray, moving_labels: np.ndarray, warped_labels: np.ndarray,
+                  labels: Sequence[int]) -> tuple[list[float], list[float]]:
+    """Per-label Dice and HD95 (voxels) with the evaluator's NaN / inf rules.
+
+    Args:
+        fixed_labels, warped_labels: ``(D0, D1, D2)`` integer maps on the fixed grid.
+        moving_labels: unwarped moving map (only label presence is used).
+    Returns:
+        two lists aligned with ``labels``.
+    """
+    in_moving = set(np.unique(moving_labels).tolist())
+    in_fixed = set(np.unique(fixed_labels).tolist())
+    fixed_boxes, warped_boxes = _boxes(fixed_labels), _boxes(warped_labels)
+    dice, hd = [], []
+    for label in labels:
+        if label not in in_fixed or label not in in_moving:
+            dice.append(float("nan"))
+            hd.append(float("nan"))
+            continue
+        if label > 0 and fixed_boxes:
+            box = _union_box(fixed_labels.shape, fixed_boxes.get(label), warped_boxes.get(label))
+        else:
+            box = tuple(slice(0, n) for n in fixed_labels.shape)
+        f, w = fixed_labels[box] == label, warped_labels[box] == label
+        total = int(f.sum()) + int(w.sum())
+        dice.append(2.0 * int((f & w).sum()) / total if total else 0.0)
+        hd.append(surface_hd95(f, w))
+    return dice, hd
+
+
+def _centroid(landmarks: np.ndarray, landmark_id: int) -> np.ndarray:
+    points = np.argwhere(landmarks == landmark_id)
+    return points.mean(axis=0) if len(points) else np.full(3, np.nan)
+
+
+def landmark_tre(fixed_landmarks: np.ndarray, warped_landmarks: np.ndarray) -> tuple[list[int], list[float]]:
+    """Centroid distance (voxels) per landmark id = each non-zero value of the fixed image."""
+    ids = [int(i) for i in np.unique(fixed_landmarks) if i != 0]
+    distances = [float(np.linalg.norm(_centroid(fixed_landmarks, i) - _centroid(warped_landmarks, i)))
+                 for i in ids]
+    return ids, distances
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """``np.nanmean`` (as the evaluator) without the all-NaN warning."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(array)) if (~np.isnan(array)).any() else float("nan")
+
+
+def evaluate_pair(fixed_labels: np.ndarray | None, moving_labels: np.ndarray | None, disp: np.ndarray,
+                  fixed_image: np.ndarray | None = None, fixed_landmarks: np.ndarray | None = None,
+                  moving_landmarks: np.ndarray | None = None,
+                  labels: Sequence[int] = LUMIR_LABELS) -> PairMetrics:
+    """All metrics of one pair.
+
+    Args:
+        fixed_labels, moving_labels: ``(D0, D1, D2)`` label maps (or ``None``: no Dice/HD95).
+        disp: ``(3, D0, D1, D2)`` displacement in voxels on the fixed grid (evaluator convention).
+        fixed_image: fixed intensities; NDV uses the mask ``fixed_image > 0`` (``None``: whole volume).
+        fixed_landmarks, moving_landmarks: landmark label images (or ``None``: no TRE).
+        labels: label values for Dice and HD95.
+    """
+    disp = np.asarray(disp, dtype=np.float64)
+    mask = None if fixed_image is None else np.asarray(fixed_image) > 0
+    result: dict = {"ndv": spatial.ndv_percent(disp, mask)}
+    if fixed_labels is not None and moving_labels is not None:
+        fixed_map = _as_label_map(fixed_labels, "fixed labels")
+        moving_map = _as_label_map(moving_labels, "moving labels")
+        warped = spatial.warp_labels_nearest(moving_map, disp)
+        dice, hd = dice_and_hd95(fixed_map, moving_map, warped, labels)
+        result.update(dice=_nanmean(dice), hd95=_nanmean(hd), labels=tuple(int(x) for x in labels),
+                      dice_per_label=tuple(dice), hd95_per_label=tuple(hd))
+    if fixed_landmarks is not None and moving_landmarks is not None:
+        fixed_lm = _as_label_map(fixed_landmarks, "fixed landmarks")
+        warped_lm = spatial.warp_labels_nearest(_as_label_map(moving_landmarks, "moving landmarks"), disp)
+        ids, distances = landmark_tre(fixed_lm, warped_lm)
+        tre = float(np.mean(distances)) if distances else float("nan")
+        result.update(tre=tre, landmark_ids=tuple(ids), tre_per_landmark=tuple(distances))
+    return PairMetrics(**result)
+
+
+def summarize(values: Sequence[float], quantile: float = 0.3) -> dict[str, float]:
+    """``{"mean", "std", "30"}`` as the official ``to_json`` (std ddof 0; inf/NaN propagate)."""
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return {"mean": float(np.mean(array)), "std": float(np.std(array)),
+                "30": float(np.quantile(array, quantile))}
+
+
+def pair_subset(fixed_id: str, moving_id: str) -> str | None:
+    """``"ID"``, ``"OOD"`` or ``"MM"`` from the subject IDs (spec section 2), else ``None``."""
+    f, m = int(fixed_id), int(moving_id)
+    for name, ((f0, f1), (m0, m1)) in SUBSET_RANGES.items():
+        if f0 <= f <= f1 and m0 <= m <= m1:
+            return name
+    return None
+
+
+def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Official-style aggregates over the evaluated pairs of :func:`evaluate_folder`."""
+    columns = {DSC: "dice", HD95: "hd95", NDV: "ndv", TRE: "tre"}
+    out: dict[str, dict[str, float]] = {}
+    for name, column in columns.items():
+        values = [r[column] for r in rows if r.get(column) is not None]
+        if values:
+            out[name] = summarize(values, ROBUSTNESS_QUANTILE[name])
+    for subset in SUBSET_RANGES:
+        values = [r["dice"] for r in rows if r.get("dice") is not None and r.get("subset") == subset]
+        if values:
+            out[f"{subset}_dice"] = summarize(values, 0.3)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Folder evaluation (dataset JSON + ground-truth root + displacement folder)
+# ----------------------------------------------------------------------------------------
+
+def _config_from_json(json_path: Path) -> dict:
+    """The JSON's top-level object (already validated by :func:`caio.io.load_pairs`)."""
+    return json.loads(Path(json_path).read_text())
+
+
+def _config_shape(config: dict, json_path: Path) -> tuple[int, int, int] | None:
+    shape = config.get("expected_shape")
+    if shape is None:
+        return None
+    if not (isinstance(shape, list) and len(shape) in (3, 4) and all(isinstance(n, int) for n in shape)):
+        raise CaioInputError(f"{json_path}: 'expected_shape' must be a list of 3 or 4 integers, got {shape!r}")
+    return tuple(shape[:3])
+
+
+def _config_labels(config: dict, json_path: Path) -> list[int] | None:
+    lists = {m.get("metric"): m.get("labels") for m in config.get("evaluation_methods", []) if isinstance(m, dict)}
+    dice, hd = lists.get("dice"), lists.get("hd95")
+    if dice is not None and hd is not None and list(dice) != list(hd):
+        raise CaioInputError(f"{json_path}: different label lists for dice and hd95 are not supported; pass --labels")
+    return None if dice is None and hd is None else [int(x) for x in (dice if dice is not None else hd)]
+
+
+def _companion(rel: str, kind: str, root: Path, folder: str | os.PathLike | None) -> Path:
+    """Label/landmark file of an image: ``images`` -> ``kind`` in its path, or ``folder/<name>``."""
+    if folder is not None:
+        return Path(folder) / Path(rel).name
+    return io.resolve_data_path(root, rel.replace("images", kind))
+
+
+def _read_optional_pair(pair: io.Pair, kind: str, root: Path, folder, shape) -> tuple | tuple[None, None]:
+    paths = [_companion(pair.fixed_rel, kind, root, folder), _companion(pair.moving_rel, kind, root, folder)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing and (folder is not None or len(missing) == 1):
+        raise CaioInputError(f"{missing[0]}: {kind} file not found")
+    if missing:
+        log.debug("%s: no %s files, skipping those metrics", pair.key, kind)
+        return None, None
+    fixed = io.read_volume(paths[0], expected_shape=shape)
+    return fixed, io.read_volume(paths[1], expected_shape=None)
+
+
+def evaluate_folder(json_path: str | os.PathLike, data_root: str | os.PathLike, disp_dir: str | os.PathLike,
+                    labels_dir: str | os.PathLike | None = None, landmarks_dir: str | os.PathLike | None = None,
+                    labels: Sequence[int] | None = None, expected_shape: Sequence[int] | None = None,
+                    pairs_keys: Sequence[str] | None = None) -> tuple[list[dict], dict]:
+    """Evaluate every pair of a dataset JSON against the displacement files in ``disp_dir``.
+
+    Label maps are found by replacing ``images`` with ``labels`` in the JSON image path (as the
+    evaluator does), landmarks with ``landmarks``; ``labels_dir``/``landmarks_dir`` override that.
+    A pair without both files skips those metrics. ``labels`` and ``expected_shape`` default to
+    the JSON's ``evaluation_methods``/``expected_shape`` (official config format), else to
+    :data:`LUMIR_LABELS` / :data:`caio.io.LUMIR_SHAPE`.
+
+    Returns:
+        ``(rows, aggregates)``: one dict per pair (``pair``, ``fixed``, ``moving``, ``disp_file``,
+        ``status`` = ok/missing/invalid, ``error``, ``subset``, ``dice``, ``hd95``, ``tre``, ``ndv``
+        and the per-label lists), and :func:`aggregate` of the evaluated pairs.
+    Raises:
+        CaioInputError: bad JSON or a missing/invalid ground-truth file. A missing or invalid
+            displacement file is reported in its row instead.
+    """
+    json_path, root = Path(json_path), Path(data_root)
+    pairs = io.load_pairs(json_path, root, keys=pairs_keys, check_files=False)
+    config = _config_from_json(json_path)
+    shape = tuple(expected_shape) if expected_shape is not None else (_config_shape(config, json_path) or io.LUMIR_SHAPE)
+    labels = list(labels) if labels is not None else (_config_labels(config, json_path) or list(LUMIR_LABELS))
+    rows = []
+    for pair in pairs:
+        name = io.evaluated_output_name(pair)
+        row: dict = {"pair": pair.key, "fixed": pair.fixed_rel, "moving": pair.moving_rel, "disp_file": name,
+                     "status": "ok", "error": "", "subset": pair_subset(pair.fixed_id, pair.moving_id),
+                     "dice": None, "hd95": None, "tre": None, "ndv": None}
+        disp_path = Path(disp_dir) / name
+        try:
+            disp = io.read_displacement(disp_path, expected_shape=shape)
+        except CaioInputError as err:
+            row.update(status="missing" if not disp_path.is_file() else "invalid", error=str(err))
+            log.warning("%s: %s", pair.key, err)
+            rows.append(row)
+            continue
+        fixed_image = io.read_volume(pair.fixed, expected_shape=shape)
+        fixed_labels, moving_labels = _read_optional_pair(pair, "labels", root, labels_dir, shape)
+        fixed_lm, moving_lm = _read_optional_pair(pair, "landmarks", root, landmarks_dir, shape)
+        metrics = evaluate_pair(fixed_labels, moving_labels, disp, fixed_image, fixed_lm, moving_lm, labels)
+        row.update(dice=metrics.dice, hd95=metrics.hd95, tre=metrics.tre, ndv=metrics.ndv,
+                   labels=list(metrics.labels), dice_per_label=list(metrics.dice_per_label),
+                   hd95_per_label=list(metrics.hd95_per_label), landmark_ids=list(metrics.landmark_ids),
+                   tre_per_landmark=list(metrics.tre_per_landmark))
+        log.debug("%s: dice %s hd95 %s tre %s ndv %s", pair.key, metrics.dice, metrics.hd95, metrics.tre, metrics.ndv)
+        rows.append(row)
+    evaluated = [r for r in rows if r["status"] == "ok"]
+    return rows, aggregate(evaluated)
+
+
+def official_cases(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per-pair results in the official ``metrics.json`` ``cases`` layout."""
+    cases = {}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        case = {NDV: {"mean": r["ndv"], "detailed": r["ndv"]}}
+        if r["dice"] is not None:
+            case[DSC] = {"mean": r["dice"], "detailed": r["dice_per_label"]}
+            case[HD95] = {"mean": r["hd95"], "detailed": r["hd95_per_label"]}
+        if r["tre"] is not None:
+            case[TRE] = {"mean": r["tre"], "detailed": r["tre"]}
+        cases[r["pair"]] = case
+    return cases
+
+
+# ----------------------------------------------------------------------------------------
+# Command line: caio evaluate
+# ----------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("pair", "fixed", "moving", "disp_file", "status", "subset", "dice", "hd95", "tre", "ndv", "error")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", required=True, help="dataset JSON (LUMIR25_dataset.json) or official eval config")
+    parser.add_argument("--data-root", required=True, help="folder the JSON's ./imagesVal/... paths are relative to")
+    parser.add_argument("--disp-dir", required=True, help="folder with the disp_<F>_<M>.nii.gz files")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="label values ('lumir' = the 133 LUMIR labels; default: the JSON's list, else lumir)")
+    parser.add_argument("--labels-dir", default=None, help="folder of label maps (default: images -> labels)")
+    parser.add_argument("--landmarks-dir", default=None, help="folder of landmark images (default: images -> landmarks)")
+    parser.add_argument("--pairs-key", action="append", default=None,
+                        help="JSON key holding the pairs (repeatable; default: every list of fixed/moving entries)")
+    parser.add_argument("--shape", nargs=3, type=int, default=None, metavar=("D0", "D1", "D2"),
+                        help="expected grid (default: the JSON's expected_shape, else 160 224 192)")
+    parser.add_argument("--out", default=None, help="folder for metrics.csv and metrics.json (default: print only)")
+
+
+def parse_labels(values: Sequence[str] | None) -> list[int] | None:
+    """``--labels`` values: ``lumir`` or integers (spaces or commas)."""
+    if values is None:
+        return None
+    if [v.lower() for v in values] == ["lumir"]:
+        return list(LUMIR_LABELS)
+    try:
+        return [int(x) for v in values for x in v.split(",") if x.strip()]
+    except ValueError:
+        raise CaioInputError(f"--labels: expected 'lumir' or integers, got {' '.join(values)}") from None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(rows: Sequence[dict], aggregates: dict) -> str:
+    """Readable per-pair table plus mean / std / robustness lines."""
+    lines = [f"{'pair':<24} {'Dice':>8} {'HD95':>8} {'TRE':>8} {'NDV%':>8}  status"]
+    for r in rows:
+        lines.append(f"{r['pair']:<24} {_fmt(r['dice']):>8} {_fmt(r['hd95']):>8} {_fmt(r['tre']):>8} "
+                     f"{_fmt(r['ndv']):>8}  {r['status']}")
+    for stat, label in (("mean", "mean"), ("std", "std"), ("30", "p30 (TRE p70)")):
+        values = [aggregates[m][stat] if m in aggregates else None for m in (DSC, HD95, TRE, NDV)]
+        lines.append(f"{label:<24} " + " ".join(f"{_fmt(v):>8}" for v in values))
+    for subset in SUBSET_RANGES:
+        if f"{subset}_dice" in aggregates:
+            a = aggregates[f"{subset}_dice"]
+            lines.append(f"{subset + ' Dice':<24} mean {a['mean']:.4f} std {a['std']:.4f} p30 {a['30']:.4f}")
+    return "\n".join(lines)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(out_dir: str | os.PathLike, rows: Sequence[dict], aggregates: dict, labels_note: str = "") -> None:
+    """``metrics.csv`` (one row per pair) and ``metrics.json`` (aggregates, official-style cases, rows)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CaioInputError(f"{out}: cannot create output folder ({err.strerror or err})") from None
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+    _write_text_atomic(out / "metrics.csv", buffer.getvalue())
+    payload = {"name": "caio evaluate", "eval_version": "3.0", "aggregates": aggregates,
+               "cases": official_cases(rows), "pairs": list(rows)}
+    io.write_json_atomic(out / "metrics.json", payload)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows, aggregates = evaluate_folder(args.json, args.data_root, args.disp_dir, labels_dir=args.labels_dir,
+                                       landmarks_dir=args.landmarks_dir, labels=parse_labels(args.labels),
+                                       expected_shape=args.shape, pairs_keys=args.pairs_key)
+    print(format_table(rows, aggregates))
+    if args.out is not None:
+        write_outputs(args.out, rows, aggregates)
+        print(f"wrote {Path(args.out) / 'metrics.csv'} and {Path(args.out) / 'metrics.json'}")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        raise CaioInputError(f"{args.disp_dir}: {len(bad)} of {len(rows)} displacement files missing or invalid "
+                             f"({', '.join(r['disp_file'] for r in bad)})")
+    return 0

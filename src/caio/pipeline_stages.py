@@ -1,0 +1,176 @@
+"""Stages of one pair for :mod:`caio.pipeline`: gate, contrast handling, backbone, cascade.
+
+Each optional module is imported inside the stage, so a missing or failing one degrades to
+the next option (logged once per process). CUDA out-of-memory errors are re-raised so that
+:func:`caio.pipeline.register_pair` can retry the pair with less memory. Images are float32
+``[1, 1, D0, D1, D2]`` in [0, 255]; displacements ``[1, 3, D0, D1, D2]`` in voxels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from caio.io import Pair
+
+if TYPE_CHECKING:
+    from caio.pipeline import Models, PipelineConfig
+
+log = logging.getLogger("caio.pipeline")
+
+BACKBONE_FRACTION = 0.4
+"""Share of the remaining budget the training-free backbone may use; the cascade gets the rest."""
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+    """Log a degradation (missing module, absent weights) once per process, not once per pair."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.log(level, message, *args)
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _with_fields(config: Any, **values: Any) -> Any:
+    """``dataclasses.replace`` with only the fields the config class actually has."""
+    names = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set()
+    known = {k: v for k, v in values.items() if k in names and v is not None}
+    return dataclasses.replace(config, **known) if known else config
+
+
+def _gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: PipelineConfig) -> tuple[float | None, bool, bool]:
+    """(score, cross_contrast, forced)."""
+    try:
+        from caio.gate import GateConfig, decide
+    except ImportError as err:
+        cross = pair.is_cross_contrast if cfg.gate is None else cfg.gate
+        _warn_once("gate", "caio.gate unavailable (%s): cross-contrast decided by the modality codes", err)
+        return None, cross, cfg.gate is not None
+    try:
+        decision = decide(fixed, moving, GateConfig(), force=cfg.gate)
+    except Exception as err:
+        if _is_oom(err):
+            raise
+        cross = pair.is_cross_contrast if cfg.gate is None else cfg.gate
+        log.error("gate failed on %s (%s): cross-contrast=%s from the modality codes", pair.key, err, cross)
+        return None, cross, cfg.gate is not None
+    return float(decision.score), bool(decision.cross_contrast), bool(decision.forced)
+
+
+def _similarity_inputs(fixed, moving, cross: bool, models: Models, steps: list[str]):
+    """(fixed_img, moving_img, fixed_sim, moving_sim) for the backbone and the cascade."""
+    if not cross:
+        return fixed, moving, None, None
+    if models.brainid is not None:
+        try:
+            from caio.brainid import synthesize_t1
+
+            with torch.no_grad():
+                ft1, mt1 = synthesize_t1(models.brainid, fixed), synthesize_t1(models.brainid, moving)
+            steps.append("brainid")
+            return ft1, mt1, None, None
+        except Exception as err:
+            if _is_oom(err):
+                raise
+            log.error("Brain-ID failed (%s): falling back to MIND-SSC similarity", err,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+    try:
+        from caio.features import mind_ssc
+
+        _warn_once("mind", "cross-contrast pairs without Brain-ID weights: MIND-SSC features are the cascade similarity",
+                   level=logging.INFO)
+        with torch.no_grad():
+            fsim, msim = mind_ssc(fixed), mind_ssc(moving)
+        steps.append("mind")
+        return fixed, moving, fsim, msim
+    except Exception as err:
+        if _is_oom(err):
+            raise
+        _warn_once(f"mind-failed:{type(err).__name__}", "MIND-SSC features unavailable (%s): raw intensities as similarity",
+                   err, level=logging.ERROR)
+        steps.append("raw")
+        return fixed, moving, None, None
+
+
+def _pick_vfa(models: Models, raw_cross_contrast: bool, mode: str) -> Any:
+    """Mono-modal VFA for same-contrast (or Brain-ID-synthesised) inputs; for raw cross-contrast
+    inputs only the multi-modal VFA (the mono one as well when ``mode="vfa"`` demands VFA)."""
+    if raw_cross_contrast:
+        if models.vfa_multi is not None or mode != "vfa":
+            return models.vfa_multi
+        return models.vfa_mono
+    return models.vfa_mono if models.vfa_mono is not None else models.vfa_multi
+
+
+def _backbone(fixed, moving, cross: bool, cfg: PipelineConfig, models: Models, deadline: float,
+              low_memory: bool, steps: list[str]) -> torch.Tensor:
+    """Initial displacement ``[1, 3, D0, D1, D2]``: VFA, else training-free, else zero."""
+    vfa = _pick_vfa(models, cross and "brainid" not in steps, cfg.mode)
+    if cfg.mode != "training-free" and vfa is not None:
+        try:
+            from caio.vfa import predict_displacement
+
+            with torch.no_grad():
+                disp = predict_displacement(vfa, fixed, moving)
+            steps.append("vfa_multi" if vfa is models.vfa_multi else "vfa_mono")
+            return disp.float()
+        except Exception as err:
+            if _is_oom(err) or cfg.mode == "vfa":
+                raise
+            log.error("VFA failed (%s): training-free backbone instead", err, exc_info=log.isEnabledFor(logging.DEBUG))
+    try:
+        from caio.convex import TrainingFreeConfig, register_training_free
+
+        tf_cfg = _with_fields(TrainingFreeConfig(), low_memory=True if low_memory else None)
+        start = time.monotonic()
+        tf_deadline = start + BACKBONE_FRACTION * max(deadline - start, 0.0)
+        disp = register_training_free(fixed, moving, tf_cfg, fixed.device, tf_deadline)
+        steps.append("training-free")
+        return disp.float()
+    except Exception as err:
+        if _is_oom(err):
+            raise
+        _warn_once(f"tf-failed:{err}", "training-free backbone failed (%s): starting the cascade from the identity",
+                   err, level=logging.ERROR)
+    steps.append("identity")
+    return torch.zeros((1, 3, *fixed.shape[2:]), device=fixed.device)
+
+
+def _cascade(fixed, moving, init, fsim, msim, cfg: PipelineConfig, deadline: float,
+             steps: list[str]) -> tuple[torch.Tensor, int | None]:
+    if not cfg.cascade:
+        return init, None
+    try:
+        from caio.cascade import CascadeConfig, refine
+
+        c_cfg = _with_fields(CascadeConfig(), steps=cfg.steps)
+        disp, report = refine(fixed, moving, init, c_cfg, fixed_sim=fsim, moving_sim=msim,
+                              deadline=deadline, seed=cfg.seed)
+        steps.append("cascade")
+        done = getattr(report, "steps", getattr(report, "steps_done", None))
+        return disp.float(), (int(sum(done)) if isinstance(done, (list, tuple)) else done)
+    except Exception as err:
+        if _is_oom(err):
+            raise
+        _warn_once(f"cascade-failed:{err}", "cascade failed (%s): keeping the backbone's displacement",
+                   err, level=logging.ERROR)
+        return init, None
+
+
+def validate_disp(disp: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """``[1, 3, *shape]`` finite tensor -> ``(3, *shape)`` float32 array; ValueError otherwise."""
+    if tuple(disp.shape) != (1, 3, *shape):
+        raise ValueError(f"displacement has shape {tuple(disp.shape)}, expected {(1, 3, *shape)}")
+    out = disp.detach()[0].to("cpu", torch.float32).numpy()
+    if not np.isfinite(out).all():
+        raise ValueError("displacement contains NaN or infinite values")
+    return np.ascontiguousarray(out)
