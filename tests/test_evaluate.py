@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from caio import cli, io
+from caio import cli, io, spatial
 from caio import surface_distance as sd
 from caio.evaluate import (DSC, HD95, LUMIR_LABELS, NDV, TRE, evaluate_folder, evaluate_pair, pair_subset,
                            parse_labels, summarize)
@@ -116,6 +116,17 @@ def test_hd95_of_a_shifted_cube_is_the_shift():
     assert sd.hd95(a, b, spacing=(1.5, 1.0, 1.0)) == pytest.approx(3.0)
 
 
+def test_directed_percentile_takes_first_distance_reaching_the_area_fraction():
+    distances = np.arange(20, dtype=float)
+    # cumulative area fractions k / 20: exactly 0.95 at index 18, which is taken (>=, not >)
+    assert sd.directed_percentile(distances, np.ones(20), 95.0) == 18.0
+    assert sd.directed_percentile(distances, np.ones(20), 100.0) == 19.0
+    weighted = np.ones(20)
+    weighted[-1] = 100.0  # the last surfel dominates the area
+    assert sd.directed_percentile(distances, weighted, 95.0) == 19.0
+    assert sd.directed_percentile(np.zeros(0), np.zeros(0), 95.0) == math.inf
+
+
 def test_hd95_is_inf_when_a_mask_is_empty():
     a = np.zeros((8, 8, 8), bool)
     a[2:5, 2:5, 2:5] = True
@@ -174,6 +185,36 @@ def test_identity_displacement_gives_perfect_scores():
     metrics = evaluate_pair(labels, labels, np.zeros((3, 10, 11, 12)), fixed_image=labels, labels=[0, 1, 2, 3])
     assert metrics.dice == 1.0 and metrics.hd95 == 0.0 and metrics.ndv == 0.0
     assert metrics.tre is None
+
+
+def test_per_label_bounding_boxes_do_not_change_results():
+    # Labels are evaluated inside their bounding boxes; maps with negative values take the
+    # whole-grid path. Both must equal a plain whole-grid computation.
+    rng = np.random.default_rng(3)
+    fixed = ndimage_blobs(rng, (14, 15, 16))
+    moving = ndimage_blobs(rng, (14, 15, 16))
+    disp = rng.normal(0, 0.8, size=(3, 14, 15, 16))
+    labels = [0, 1, 2, 3, 4]
+    boxed = evaluate_pair(fixed, moving, disp, labels=labels)
+    negative = evaluate_pair(np.where(fixed == 3, -3, fixed), np.where(moving == 3, -3, moving), disp,
+                             labels=[0, 1, 2, -3, 4])
+    warped = spatial.warp_labels_nearest(moving, disp)
+    plain_hd = [sd.hd95(fixed == x, warped == x) for x in labels]
+    plain_dice = [2 * ((fixed == x) & (warped == x)).sum() / ((fixed == x).sum() + (warped == x).sum())
+                  for x in labels]
+    assert_same_values(boxed.hd95_per_label, plain_hd, 0)
+    assert_same_values(negative.hd95_per_label, plain_hd, 0)
+    assert_same_values(boxed.dice_per_label, plain_dice, 0)
+    with pytest.raises(ValueError, match="displacement grid"):
+        evaluate_pair(fixed[:-1], moving, disp, labels=labels)
+
+
+def ndimage_blobs(rng: np.random.Generator, shape) -> np.ndarray:
+    """Label map 0..4 from smoothed noise: compact blobs away from the corners."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    return np.digitize(noise, np.quantile(noise, [0.4, 0.55, 0.7, 0.85])).astype(np.int64)
 
 
 def test_summarize_follows_official_aggregation():

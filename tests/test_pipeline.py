@@ -244,3 +244,11 @@ def test_vfa_weights_present_are_loaded_once_and_used_as_backbone(tmp_path, monk
     cfg_tf = PipelineConfig(device="cpu", budget_s=30, expected_shape=doubles.SHAPE, weights_dir=weights,
                             mode="training-free")
     assert [r.path for r in run(pairs, tmp_path / "out2", cfg_tf).results] == ["training-free+cascade"] * 2
+
+
+def test_backbone_returning_identity_without_cascade_is_reported_degraded(tmp_path, monkeypatch):
+    doubles.install(monkeypatch, disp_value=0.0)
+    pairs = _pairs(tmp_path, [("0002_0000", "0001_0000")])
+    cfg = PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE, cascade=False)
+    result = run(pairs, tmp_path / "out", cfg).results[0]
+    assert result.path == "training-free:zero" and result.status == "degraded"

@@ -127,9 +127,25 @@ def test_ndv_of_identity_is_zero_and_of_a_folded_field_positive():
     assert spatial.ndv_percent(folded, mask) == 0.0
 
 
+@pytest.mark.parametrize("rows_per_chunk", [1, 5, 100])
+def test_ndv_percent_equals_the_sum_over_the_ten_full_jacobian_maps(rows_per_chunk):
+    disp = (folding_field() + smooth_field(amplitude=1.5, sigma=2.0, seed=4))[0].numpy()
+    mask = np.random.default_rng(5).random(SHAPE) > 0.3
+    crop = (slice(1, -1),) * 3
+    reference = sum(np.maximum(-j[crop], 0)[mask[crop]].sum() for j in spatial.tetrahedral_jacobians(disp))
+    reference = 100.0 * reference / 12.0 / mask[crop].sum()
+    assert reference > 0.1
+    assert spatial.ndv_percent(disp, mask, rows_per_chunk=rows_per_chunk) == pytest.approx(reference, rel=1e-12)
+
+
 def test_gaussian_blur_keeps_constants_and_resize_image_keeps_shape():
     image = torch.full((1, 1, *SHAPE), 3.0)
     torch.testing.assert_close(spatial.gaussian_blur(image, [1.0, 0.0, 2.0]), image)
+    impulse = torch.zeros((1, 1, *SHAPE))
+    impulse[0, 0, 10, 12, 14] = 1.0
+    blurred = spatial.gaussian_blur(impulse, [0.0, 0.0, 1.5])[0, 0]  # spreads along axis 2 only
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-6)
+    assert blurred[10, 12].sum() == pytest.approx(1.0, abs=1e-6) and blurred[10, 12, 13] > 0.1
     assert tuple(spatial.resize_image(smooth_image().float(), (10, 12, 14)).shape) == (1, 1, 10, 12, 14)
 
 

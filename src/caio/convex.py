@@ -64,6 +64,9 @@ class TrainingFreeConfig:
             of the displacement, in Adam-grid voxels) relative to the feature SSD.
         adam_sigma: Gaussian sigma, in Adam-grid voxels, applied to the field before every
             warp and to the result (0: none); keeps the field smooth and folding-free.
+        adam_points: voxels drawn (from the dilated foreground) per Adam iteration for the
+            similarity; the features are compared at full image resolution there.
+        seed: seed of the voxel draws (the result is deterministic for a given seed on CPU).
         low_memory: process the cost volume in chunks (slower, a fraction of the memory).
     """
 
@@ -80,12 +83,21 @@ class TrainingFreeConfig:
     adam_lr: float = 1.0
     diffusion_weight: float = 1.0
     adam_sigma: float = 1.0
+    adam_points: int = 100_000
+    seed: int = 0
     low_memory: bool = False
 
 
 def _coarse_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
     """Grid with a spacing of about ``factor`` voxels over the same field of view (align_corners)."""
     return tuple(max(2, int(round((n - 1) / factor)) + 1) for n in shape)
+
+
+def _pool_to(features: torch.Tensor, shape: Sequence[int], factor: int) -> torch.Tensor:
+    """Box-prefilter (side ``factor + 1``, odd) then resample onto the coarse ``shape`` (align_corners)."""
+    k = factor + 1 if factor % 2 == 0 else factor
+    pooled = F.avg_pool3d(F.pad(features, [k // 2] * 6, mode="replicate"), k, stride=1) if k > 1 else features
+    return spatial.resize_image(pooled, shape, antialias=False)
 
 
 def _past(deadline: float | None) -> bool:
@@ -196,25 +208,50 @@ def _diffusion(disp: torch.Tensor) -> torch.Tensor:
     return (d0 ** 2).mean() + (d1 ** 2).mean() + (d2 ** 2).mean()
 
 
-def adam_refine(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, init: torch.Tensor,
+def _foreground_indices(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    """Flat indices of voxels where either image is non-zero, dilated by 2 voxels (all if none)."""
+    fg = ((fixed > 0) | (moving > 0)).float()
+    fg = F.max_pool3d(fg, kernel_size=5, stride=1, padding=2)[0, 0].flatten()
+    idx = torch.nonzero(fg > 0).flatten()
+    return idx if idx.numel() > 0 else torch.arange(fg.numel(), device=fg.device)
+
+
+def adam_refine(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, init: torch.Tensor, sample_from: torch.Tensor,
                 cfg: TrainingFreeConfig, deadline: float | None = None) -> torch.Tensor:
-    """Adam optimisation of a displacement grid on the feature grid.
+    """Stochastic Adam optimisation of a coarse displacement grid against full-resolution features.
+
+    Every iteration draws ``cfg.adam_points`` voxels (seeded, so deterministic) from
+    ``sample_from``, compares the fixed features there with the moving features at the
+    displaced positions, and adds the diffusion penalty of the whole grid.
 
     Args:
-        fixed_feat, moving_feat: ``[1, C, d0, d1, d2]`` features on the Adam grid.
-        init: ``[1, 3, d0, d1, d2]`` initial displacement (Adam-grid voxels).
+        fixed_feat, moving_feat: ``[1, C, D0, D1, D2]`` features on the image grid.
+        init: ``[1, 3, d0, d1, d2]`` initial displacement on the Adam grid (Adam-grid voxels).
+        sample_from: ``[P]`` flat voxel indices to draw from.
     Returns:
         ``[1, 3, d0, d1, d2]`` smoothed displacement (Adam-grid voxels).
     """
+    shape = fixed_feat.shape[2:]
+    grid_shape = init.shape[2:]
+    dev = fixed_feat.device
+    to_grid = torch.tensor([(g - 1) / max(n - 1, 1) for g, n in zip(grid_shape, shape)], device=dev).view(3, 1)
+    strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=dev).view(3, 1)
+    fixed_flat = fixed_feat.reshape(fixed_feat.shape[1], -1)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    n_points = min(cfg.adam_points, sample_from.numel())
     param = init.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([param], lr=cfg.adam_lr)
     for it in range(cfg.adam_iters):
         if _past(deadline):
             log.info("training-free: deadline reached after %d Adam iterations", it)
             break
-        disp = spatial.gaussian_blur(param, cfg.adam_sigma) if cfg.adam_sigma > 0 else param
-        warped = spatial.warp(moving_feat, disp)
-        loss = ((warped - fixed_feat) ** 2).mean() + cfg.diffusion_weight * _diffusion(disp)
+        pick = sample_from[torch.randint(sample_from.numel(), (n_points,), generator=gen, device=dev)]
+        pos = torch.stack([pick // strides[0, 0], (pick // strides[1, 0]) % shape[1], pick % shape[2]]).float()
+        disp_grid = spatial.sample(param, (pos * to_grid).view(1, 3, -1, 1, 1))  # Adam-grid voxels
+        moved = pos.view(1, 3, -1, 1, 1) + disp_grid / to_grid.view(1, 3, 1, 1, 1)
+        warped = spatial.sample(moving_feat, moved).view(moving_feat.shape[1], -1)
+        sim = ((warped - fixed_flat[:, pick]) ** 2).mean()
+        loss = sim + cfg.diffusion_weight * _diffusion(param)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -254,25 +291,24 @@ def register_training_free(fixed: torch.Tensor, moving: torch.Tensor, cfg: Train
         return zero
     t0 = time.monotonic()
     with torch.no_grad():
-        mind_f = mind_ssc(fixed.to(device, torch.float32), cfg.mind_radius, cfg.mind_dilation)
-        mind_m = mind_ssc(moving.to(device, torch.float32), cfg.mind_radius, cfg.mind_dilation)
-        adam_shape = _coarse_shape(shape, cfg.adam_factor)
-        feat_f = spatial.resize_image(mind_f, adam_shape)
-        feat_m = spatial.resize_image(mind_m, adam_shape)
-        del mind_f, mind_m
+        fixed_d, moving_d = fixed.to(device, torch.float32), moving.to(device, torch.float32)
+        mind_f = mind_ssc(fixed_d, cfg.mind_radius, cfg.mind_dilation)
+        mind_m = mind_ssc(moving_d, cfg.mind_radius, cfg.mind_dilation)
         search_shape = _coarse_shape(shape, cfg.search_factor)
-        coarse_f = spatial.resize_image(feat_f, search_shape)
-        coarse_m = spatial.resize_image(feat_m, search_shape)
+        coarse_f = _pool_to(mind_f, search_shape, cfg.search_factor)
+        coarse_m = _pool_to(mind_m, search_shape, cfg.search_factor)
     t1 = time.monotonic()
     if _past(deadline):
         return zero
+    adam_shape = _coarse_shape(shape, cfg.adam_factor)
     with torch.no_grad():
         coarse = discrete_field(coarse_f, coarse_m, cfg, deadline)
         disp = spatial.resize_displacement(coarse, adam_shape)
     t2 = time.monotonic()
     if cfg.adam_iters > 0 and not _past(deadline):
+        points = _foreground_indices(fixed_d, moving_d)
         with torch.enable_grad():
-            disp = adam_refine(feat_f, feat_m, disp, cfg, deadline)
+            disp = adam_refine(mind_f, mind_m, disp, points, cfg, deadline)
     t3 = time.monotonic()
     log.info("training-free: features %.1fs, search %.1fs, adam %.1fs", t1 - t0, t2 - t1, t3 - t2)
     with torch.no_grad():

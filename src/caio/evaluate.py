@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -40,10 +40,9 @@ from caio.surface_distance import hd95 as surface_hd95
 
 log = logging.getLogger(__name__)
 
-LUMIR_LABELS: tuple[int, ...] = tuple(
-    [0, 4, 11, 23, 30, 31, 32, *range(35, 42), 44, 45, *range(47, 53), *range(55, 63), 71, 72, 73, 75, 76,
-     *range(100, 110), *range(112, 126), 128, 129, *range(132, 158), *range(160, 188), *range(190, 208)]
-)
+LUMIR_LABELS: tuple[int, ...] = (
+    0, 4, 11, 23, 30, 31, 32, *range(35, 42), 44, 45, *range(47, 53), *range(55, 63), 71, 72, 73, 75, 76,
+    *range(100, 110), *range(112, 126), 128, 129, *range(132, 158), *range(160, 188), *range(190, 208))
 """The 133 labels of every LUMIR 2025 segmentation config (includes background 0)."""
 
 DSC, HD95, TRE, NDV = "DSC", "HD95", "TRE_lm", "Non-diffeomorphic Volumes"
@@ -53,10 +52,7 @@ ROBUSTNESS_QUANTILE = {DSC: 0.3, HD95: 0.3, NDV: 0.3, TRE: 0.7}
 """Quantile reported under the key ``"30"`` per metric (the official choice)."""
 
 SUBSET_RANGES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "ID": ((3454, 3493), (3454, 3493)),
-    "OOD": ((4014, 4023), (4014, 4023)),
-    "MM": ((4024, 4032), (4033, 4041)),
-}
+    "ID": ((3454, 3493), (3454, 3493)), "OOD": ((4014, 4023), (4014, 4023)), "MM": ((4024, 4032), (4033, 4041))}
 """Subset -> (fixed ID range, moving ID range), inclusive (spec section 2)."""
 
 
@@ -80,7 +76,7 @@ class PairMetrics:
     dice_per_label: tuple[float, ...] = ()
     hd95_per_label: tuple[float, ...] = ()
     landmark_ids: tuple[int, ...] = ()
-    tre_per_landmark: tuple[float, ...] = field(default=())
+    tre_per_landmark: tuple[float, ...] = ()
 
 
 def _as_label_map(array: np.ndarray, what: str) -> np.ndarray:
@@ -93,17 +89,19 @@ def _as_label_map(array: np.ndarray, what: str) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _boxes(label_map: np.ndarray) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of every positive label value (empty when values are unsuitable)."""
+def _boxes(label_map: np.ndarray) -> dict[int, tuple[slice, ...]] | None:
+    """Bounding box of every positive label value (``None`` when values are unsuitable)."""
     if label_map.size == 0 or label_map.min() < 0 or label_map.max() > 1_000_000:
-        return {}
+        return None
     return {i + 1: box for i, box in enumerate(ndimage.find_objects(label_map)) if box is not None}
 
 
-def _union_box(shape: Sequence[int], *boxes: tuple[slice, ...] | None) -> tuple[slice, ...]:
-    present = [b for b in boxes if b is not None]
-    if not present:
+def _label_box(label: int, shape: Sequence[int], *all_boxes: dict | None) -> tuple[slice, ...]:
+    """Union of the label's boxes in all maps; the whole grid for label 0 or without boxes."""
+    present = [boxes.get(label) for boxes in all_boxes if boxes is not None]
+    if label <= 0 or None in all_boxes or not any(present):
         return tuple(slice(0, n) for n in shape)
+    present = [b for b in present if b is not None]
     return tuple(slice(min(b[a].start for b in present), max(b[a].stop for b in present)) for a in range(3))
 
 
@@ -126,10 +124,7 @@ def dice_and_hd95(fixed_labels: np.ndarray, moving_labels: np.ndarray, warped_la
             dice.append(float("nan"))
             hd.append(float("nan"))
             continue
-        if label > 0 and fixed_boxes:
-            box = _union_box(fixed_labels.shape, fixed_boxes.get(label), warped_boxes.get(label))
-        else:
-            box = tuple(slice(0, n) for n in fixed_labels.shape)
+        box = _label_box(label, fixed_labels.shape, fixed_boxes, warped_boxes)
         f, w = fixed_labels[box] == label, warped_labels[box] == label
         total = int(f.sum()) + int(w.sum())
         dice.append(2.0 * int((f & w).sum()) / total if total else 0.0)
@@ -170,6 +165,9 @@ def evaluate_pair(fixed_labels: np.ndarray | None, moving_labels: np.ndarray | N
         labels: label values for Dice and HD95.
     """
     disp = np.asarray(disp, dtype=np.float64)
+    for name, array in (("fixed_labels", fixed_labels), ("fixed_image", fixed_image), ("fixed_landmarks", fixed_landmarks)):
+        if array is not None and np.shape(array) != disp.shape[1:]:
+            raise ValueError(f"{name} {np.shape(array)} is not on the displacement grid {disp.shape[1:]}")
     mask = None if fixed_image is None else np.asarray(fixed_image) > 0
     result: dict = {"ndv": spatial.ndv_percent(disp, mask)}
     if fixed_labels is not None and moving_labels is not None:
@@ -223,11 +221,6 @@ def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
 # ----------------------------------------------------------------------------------------
 # Folder evaluation (dataset JSON + ground-truth root + displacement folder)
 # ----------------------------------------------------------------------------------------
-
-def _config_from_json(json_path: Path) -> dict:
-    """The JSON's top-level object (already validated by :func:`caio.io.load_pairs`)."""
-    return json.loads(Path(json_path).read_text())
-
 
 def _config_shape(config: dict, json_path: Path) -> tuple[int, int, int] | None:
     shape = config.get("expected_shape")
@@ -286,8 +279,10 @@ def evaluate_folder(json_path: str | os.PathLike, data_root: str | os.PathLike, 
             displacement file is reported in its row instead.
     """
     json_path, root = Path(json_path), Path(data_root)
+    if not Path(disp_dir).is_dir():
+        raise CaioInputError(f"{disp_dir}: displacement folder not found")
     pairs = io.load_pairs(json_path, root, keys=pairs_keys, check_files=False)
-    config = _config_from_json(json_path)
+    config = json.loads(json_path.read_text())  # valid: load_pairs has read it
     shape = tuple(expected_shape) if expected_shape is not None else (_config_shape(config, json_path) or io.LUMIR_SHAPE)
     labels = list(labels) if labels is not None else (_config_labels(config, json_path) or list(LUMIR_LABELS))
     rows = []
@@ -321,9 +316,7 @@ def evaluate_folder(json_path: str | os.PathLike, data_root: str | os.PathLike, 
 def official_cases(rows: Sequence[dict]) -> dict[str, dict]:
     """Per-pair results in the official ``metrics.json`` ``cases`` layout."""
     cases = {}
-    for r in rows:
-        if r["status"] != "ok":
-            continue
+    for r in (r for r in rows if r["status"] == "ok"):
         case = {NDV: {"mean": r["ndv"], "detailed": r["ndv"]}}
         if r["dice"] is not None:
             case[DSC] = {"mean": r["dice"], "detailed": r["dice_per_label"]}
@@ -368,8 +361,8 @@ def parse_labels(values: Sequence[str] | None) -> list[int] | None:
         raise CaioInputError(f"--labels: expected 'lumir' or integers, got {' '.join(values)}") from None
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def format_table(rows: Sequence[dict], aggregates: dict) -> str:
@@ -389,6 +382,7 @@ def format_table(rows: Sequence[dict], aggregates: dict) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    """Like :func:`caio.io.write_json_atomic`, for text."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as fh:
@@ -400,7 +394,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_outputs(out_dir: str | os.PathLike, rows: Sequence[dict], aggregates: dict, labels_note: str = "") -> None:
+def write_outputs(out_dir: str | os.PathLike, rows: Sequence[dict], aggregates: dict) -> None:
     """``metrics.csv`` (one row per pair) and ``metrics.json`` (aggregates, official-style cases, rows)."""
     out = Path(out_dir)
     try:

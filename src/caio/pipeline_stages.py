@@ -9,7 +9,9 @@ the next option (logged once per process). CUDA out-of-memory errors are re-rais
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,16 @@ def _warn_once(key: str, message: str, *args: object, level: int = logging.WARNI
     if key not in _WARNED:
         _WARNED.add(key)
         log.log(level, message, *args)
+
+
+def _module_available(name: str) -> bool:
+    """Whether ``import name`` can succeed (without importing it)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -132,9 +144,13 @@ def _backbone(fixed, moving, cross: bool, cfg: PipelineConfig, models: Models, d
 
         tf_cfg = _with_fields(TrainingFreeConfig(), low_memory=True if low_memory else None)
         start = time.monotonic()
-        tf_deadline = start + BACKBONE_FRACTION * max(deadline - start, 0.0)
-        disp = register_training_free(fixed, moving, tf_cfg, fixed.device, tf_deadline)
-        steps.append("training-free")
+        share = BACKBONE_FRACTION if cfg.cascade and _module_available("caio.cascade") else 1.0
+        disp = register_training_free(fixed, moving, tf_cfg, fixed.device, start + share * max(deadline - start, 0.0))
+        if torch.count_nonzero(disp) == 0:  # the deadline came before the search could run
+            _warn_once("tf-zero", "training-free backbone returned the identity (deadline too short?)")
+            steps.append("training-free:zero")
+        else:
+            steps.append("training-free")
         return disp.float()
     except Exception as err:
         if _is_oom(err):

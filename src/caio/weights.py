@@ -199,7 +199,9 @@ def resolve(role: str, weights_dir: Path | None = None) -> Path | None:
 def gdown_download(url: str, output: Path, member: str | None = None) -> None:
     """Default downloader: ``gdown`` (a build-time tool, not a caio dependency).
 
-    A folder URL downloads the folder into a temporary directory and keeps ``member``.
+    For a folder URL only the file named ``member`` is downloaded (the folder is listed with
+    ``skip_download=True``, gdown >= 5.1; older versions download the whole folder to a
+    temporary directory).
     """
     try:
         import gdown  # type: ignore[import-not-found]
@@ -209,8 +211,17 @@ def gdown_download(url: str, output: Path, member: str | None = None) -> None:
         if gdown.download(url, str(output), quiet=False, fuzzy=True) is None:
             raise CaioInputError(f"{url}: download failed")
         return
-    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
-        files = gdown.download_folder(url, output=tmp, quiet=False) or []
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".tmp") as tmp:
+        try:
+            listing = gdown.download_folder(url, output=tmp, quiet=True, skip_download=True, remaining_ok=True) or []
+            found_ids = [f.id for f in listing if Path(f.path).name == member]
+            if not found_ids:
+                raise CaioInputError(f"{url}: folder has no file '{member}'")
+            if gdown.download(id=found_ids[0], output=str(output), quiet=False) is None:
+                raise CaioInputError(f"{url}: download of '{member}' failed")
+            return
+        except TypeError:  # gdown < 5.1: no skip_download
+            files = gdown.download_folder(url, output=tmp, quiet=False, remaining_ok=True) or []
         found = [Path(f) for f in files if Path(f).name == member]
         if not found:
             raise CaioInputError(f"{url}: folder has no file '{member}'")
@@ -256,6 +267,33 @@ def fetch(name: str, dest: Path | None = None, downloader: Downloader | None = N
     raise CaioInputError(f"{entry.name}: download failed ({'; '.join(errors)})")
 
 
+LOADERS: dict[str, tuple[str, str]] = {"vfa": ("caio.vfa", "load_vfa"), "brainid": ("caio.brainid", "load_brainid")}
+"""``architecture`` -> (module, ``loader(path, device)``) used by :func:`check_loadable`."""
+
+
+def check_loadable(entry: WeightEntry, path: Path) -> str | None:
+    """Load ``path`` with its architecture's loader on the CPU (strict keys and shapes).
+
+    Returns:
+        None when it loads (or no loader is known/importable), else the one-line reason.
+    """
+    if entry.architecture not in LOADERS:
+        return None
+    module_name, loader = LOADERS[entry.architecture]
+    try:
+        import importlib
+
+        load = getattr(importlib.import_module(module_name), loader)
+    except (ImportError, AttributeError) as err:
+        log.warning("%s: cannot check loading (%s)", entry.name, err)
+        return None
+    try:
+        load(path, "cpu")
+    except Exception as err:  # any failure makes the file unusable for the pipeline
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
 def _select(entries: list[WeightEntry], names: Sequence[str]) -> list[WeightEntry]:
     by_name = {e.name: e for e in entries}
     unknown = [n for n in names if n not in by_name]
@@ -273,8 +311,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="manifest entries with present/missing/hash status")
     p = sub.add_parser("fetch", help="download weights (all, or the named ones); needs gdown")
     p.add_argument("names", nargs="*", metavar="NAME")
-    p = sub.add_parser("verify", help="exit 1 unless every (named) weights file is present and its hash matches")
+    p = sub.add_parser("verify", help="exit 1 unless every (named) weights file is present, matches its hash"
+                                      " and loads into its network")
     p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--no-load", action="store_true", help="only check presence and hashes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,9 +326,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     statuses = verify(weights_dir, getattr(args, "names", ()))
     print(f"weights folder: {weights_dir}")
+    bad = 0
     for st in statuses:
-        print(f"{st.entry.name:24} {st.entry.role:17} {st.state:10} {st.entry.file}")
-    if args.action == "verify":
-        bad = [st for st in statuses if st.state in ("missing", "mismatch")]
-        return 1 if bad else 0
-    return 0
+        problem = None
+        if args.action == "verify" and st.usable and not args.no_load:
+            problem = check_loadable(st.entry, st.path)
+        state = "unloadable" if problem else st.state
+        bad += state in ("missing", "mismatch", "unloadable")
+        print(f"{st.entry.name:24} {st.entry.role:17} {state:10} {st.entry.file}" + (f"  ({problem})" if problem else ""))
+    return 1 if args.action == "verify" and bad else 0

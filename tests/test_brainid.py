@@ -1,0 +1,200 @@
+"""Brain-ID clean-room network, checkpoint loading, pre/post-processing and tiled inference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from caio.brainid import BrainID, BrainIDConfig, load_brainid, run_network, synthesize_t1, tiled_image
+from caio.errors import CaioInputError
+
+
+def recipe_state(manifest: dict, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """Deterministic weights of fixtures/README.md §0."""
+    state = {}
+    for entry in manifest["keys"]:
+        gen = torch.Generator().manual_seed(int(entry["seed"]))
+        z = torch.randn(tuple(entry["shape"]), generator=gen)
+        state[entry["key"]] = (entry["offset"] + entry["scale"] * z.to(torch.float64)).to(dtype)
+    return state
+
+
+@pytest.fixture(scope="module")
+def manifest(fixtures_dir: Path) -> dict:
+    return json.loads((fixtures_dir / "brainid" / "weights_manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fixture_input(fixtures_dir: Path) -> np.ndarray:
+    return np.load(fixtures_dir / "brainid" / "inputs.npz")["input_codes"]
+
+
+@pytest.fixture(scope="module")
+def model64(manifest) -> BrainID:
+    model = BrainID().double()
+    model.load_state_dict(recipe_state(manifest), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model32(manifest) -> BrainID:
+    model = BrainID()
+    model.load_state_dict(recipe_state(manifest, torch.float32), strict=True)
+    return model.eval()
+
+
+def small_model(seed: int = 0) -> BrainID:
+    """Random but well-scaled weights (GroupNorm gains ~1) for shape/behaviour tests."""
+    torch.manual_seed(seed)
+    model = BrainID()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 5:
+                p.normal_(0.0, 1.0 / float(np.sqrt(p[0].numel())))
+            elif name.endswith("groupnorm.weight"):
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def test_state_dict_keys_and_shapes_match_official_manifest(manifest):
+    state = BrainID().state_dict()
+    assert list(state) == [e["key"] for e in manifest["keys"]]  # same keys, official order
+    assert {k: tuple(v.shape) for k, v in state.items()} == {e["key"]: tuple(e["shape"]) for e in manifest["keys"]}
+    assert sum(v.numel() for v in state.values()) == manifest["n_params"] == 65_870_051
+    assert len(state) == manifest["n_keys"] == 56
+
+
+def test_recipe_weights_reproduce_manifest_checksums(manifest):
+    state = recipe_state(manifest)
+    for entry in manifest["keys"][:6] + manifest["keys"][-3:]:
+        value = state[entry["key"]]
+        assert float(value.sum()) == pytest.approx(entry["check_sum_f64"], rel=1e-12, abs=1e-9)
+        np.testing.assert_allclose(value.flatten()[:3].numpy(), entry["check_first3_f64"], rtol=1e-12)
+
+
+def test_float64_forward_matches_official_image_and_features(model64, fixture_input, fixtures_dir):
+    expected = np.load(fixtures_dir / "brainid" / "expected_f64.npz")
+    x = torch.from_numpy(fixture_input.astype(np.float64) / 255.0)[None, None]
+    with torch.no_grad():
+        image, feats = model64(x, return_features=True)
+    np.testing.assert_allclose(image.numpy(), expected["image"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(feats[0].numpy(), expected["feat_bottleneck"], rtol=0, atol=1e-8)
+    for i, feat in enumerate(feats):
+        f = feat[0].flatten(1).numpy()
+        stats = np.stack([f.mean(1), f.std(1), f.min(1), f.max(1)], axis=1)
+        np.testing.assert_allclose(stats, expected[f"feat{i}_chanstats"], rtol=0, atol=1e-8)
+    last = feats[-1][0].numpy()
+    chans = expected["feat_last_slice_chans"]
+    np.testing.assert_allclose(last[chans, 16], expected["feat_last_axis0_mid"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(last[chans, :, 24], expected["feat_last_axis1_mid"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(last[chans, :, :, 20], expected["feat_last_axis2_mid"], rtol=0, atol=1e-8)
+    pts = expected["feat_last_probe_points"].astype(int)
+    np.testing.assert_allclose(last[:, pts[:, 0], pts[:, 1], pts[:, 2]].T, expected["feat_last_at_points"],
+                               rtol=0, atol=1e-8)
+
+
+def test_float32_forward_matches_official_image(model32, fixture_input, fixtures_dir):
+    expected = np.load(fixtures_dir / "brainid" / "expected_f32.npz")["image"]
+    x = torch.from_numpy(fixture_input.astype(np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        image = model32(x)
+    np.testing.assert_allclose(image.numpy(), expected, rtol=0, atol=1e-3)
+
+
+def test_tiled_inference_equals_untiled(model32, fixture_input):
+    x = torch.from_numpy(fixture_input.astype(np.float32) / 255.0)[None, None]
+    whole = run_network(model32, x)
+    tiled = tiled_image(model32, x, tile=(20, 28, 24))  # uneven tiles: levels 0-2 are split
+    assert tiled.shape == whole.shape
+    np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=2e-4)
+    half = tiled_image(model32, x, tile=(20, 28, 24), storage=torch.float16)
+    assert float((half - whole).abs().max()) < 0.02 * float(whole.abs().max())
+
+
+def test_tiled_inference_float64_matches_official_image(model64, fixture_input, fixtures_dir):
+    expected = np.load(fixtures_dir / "brainid" / "expected_f64.npz")["image"]
+    x = torch.from_numpy(fixture_input.astype(np.float64) / 255.0)[None, None]
+    out = tiled_image(model64, x, tile=(20, 28, 24), storage=torch.float64)
+    assert out.dtype == torch.float64
+    np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-8)
+
+
+def test_synthesize_t1_returns_exactly_the_input_grid_in_0_255():
+    model = small_model()
+    gen = torch.Generator().manual_seed(3)
+    volume = torch.zeros(1, 1, 20, 230, 18)  # axis 1 > 220 (cropped), axes 0, 2 small
+    volume[:, :, 3:17, 20:200, 2:16] = 255 * torch.rand(1, 1, 14, 180, 14, generator=gen)
+    out = synthesize_t1(model, volume)
+    assert out.shape == volume.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0 and float(out.max()) <= 255
+    assert bool((out[volume <= 0] == 0).all())
+    assert float(out.max()) > 100  # the brain is scaled up to 255 at the 99.9th percentile
+    # the same volume, transposed, through the matching orientation config gives the transposed answer
+    cfg = BrainIDConfig(axis_order=(2, 0, 1), flip=(False, False, True))
+    moved = volume.permute(0, 1, 3, 4, 2).flip(3)  # array axes (A, S reversed, R)
+    out2 = synthesize_t1(model, moved, config=cfg)
+    assert out2.shape == moved.shape
+    np.testing.assert_allclose(out2.numpy(), out.permute(0, 1, 3, 4, 2).flip(3).numpy(), atol=1e-3)
+
+
+def test_synthesize_t1_tiled_matches_untiled_on_small_volume():
+    model = small_model(1)
+    gen = torch.Generator().manual_seed(4)
+    volume = torch.zeros(1, 1, 40, 36, 32)
+    volume[:, :, 4:36, 4:32, 4:28] = 1 + 254 * torch.rand(1, 1, 32, 28, 24, generator=gen)
+    whole = synthesize_t1(model, volume)
+    tiled = synthesize_t1(model, volume, tile=16)
+    np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=0.05)  # in [0, 255] units
+
+
+def _save(path: Path, payload: object) -> Path:
+    torch.save(payload, path)
+    return path
+
+
+def test_clean_checkpoint_with_pickled_namespace_loads(tmp_path, manifest):
+    state = recipe_state(manifest, torch.float32)
+    args = argparse.Namespace(task="feat-anat", f_maps=64, lr=1e-4)
+    path = _save(tmp_path / "brain_id_pretrained.pth", {"model": state, "epoch": 3, "args": args,
+                                                         "best_val_stats": None})
+    model = load_brainid(path, "cpu")
+    key = "head.final_conv_image.weight"
+    assert torch.equal(model.state_dict()[key], state[key])
+    assert not model.training
+
+
+@pytest.mark.parametrize("problem", ["truncated", "wrong_shape", "extra_key", "missing_key", "no_model_entry",
+                                     "foreign_class", "missing_file"])
+def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
+    state = {k: torch.zeros(v.shape) for k, v in BrainID().state_dict().items()}
+    payload: dict = {"model": state, "epoch": 0, "args": argparse.Namespace(a=1)}
+    path = tmp_path / "ckpt.pth"
+    if problem == "wrong_shape":
+        state["head.final_conv_image.weight"] = torch.zeros(2, 64, 1, 1, 1)
+    elif problem == "extra_key":
+        state["head.final_conv_seg.weight"] = torch.zeros(33, 64, 1, 1, 1)
+    elif problem == "missing_key":
+        del state["backbone.decoders.3.basic_module.SingleConv2.conv.weight"]
+    elif problem == "no_model_entry":
+        payload = {"state": state}
+    elif problem == "foreign_class":
+        payload["extra"] = argparse.ArgumentParser  # a class that is not allow-listed
+    if problem != "missing_file":
+        _save(path, payload)
+    if problem == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CaioInputError) as info:
+        load_brainid(path, "cpu")
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    if problem in ("wrong_shape", "extra_key", "missing_key"):
+        assert {"wrong_shape": "final_conv_image.weight", "extra_key": "final_conv_seg",
+                "missing_key": "decoders.3"}[problem] in message
