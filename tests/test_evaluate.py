@@ -15,7 +15,8 @@ import pytest
 from caio import cli, io, spatial
 from caio import surface_distance as sd
 from caio.evaluate import (DSC, HD95, LUMIR_LABELS, NDV, TRE, evaluate_folder, evaluate_pair, pair_subset,
-                           parse_labels, summarize)
+                           summarize)
+from caio.evaluate_cli import parse_labels
 from caio.errors import CaioInputError
 
 CASES = {"A": ("3455", "3454", "caseA"), "B": ("3457", "3456", "caseB")}

@@ -16,7 +16,7 @@ from caio.errors import CaioInputError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("caio.predict_cli", "register every pair of a LUMIR dataset JSON"),
-    "evaluate": ("caio.evaluate", "Dice / HD95 / TRE / NDV of displacement files, as the official evaluator"),
+    "evaluate": ("caio.evaluate_cli", "Dice / HD95 / TRE / NDV of displacement files, as the official evaluator"),
     "synth": ("caio.synth", "synthetic multi-contrast LUMIR-style data from label maps"),
     "qc": ("caio.qc", "quality-control pictures of a registration"),
     "pretrain": ("caio.pretrain", "pretrain the instance-optimisation cascade"),
