@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per method and pair")
     p.add_argument("--out", type=Path, default=HERE / "out")
+    p.add_argument("--reuse", type=Path, nargs="*", default=[],
+                   help="JSON files of earlier runs whose rows are added to the table (methods not re-run)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--case", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -339,13 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.sets:
         cases += {"real1mm": lambda: prepare_real1mm(cache), "ixi": lambda: prepare_ixi(cache, n_ixi),
                   "synth": lambda: prepare_synth(cache, n_synth)}[s]()
-    rows = []
+    rows = [r for path in args.reuse for r in json.loads(Path(path).read_text())
+            if r["method"] not in methods and r["case"] in {c.name for c in cases}]
     for case in cases:
         for method in methods:
             row = run_method(method, case, args.threads, args.timeout)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    text = table(rows, methods)
+    text = table(rows, [m for m in METHODS if any(r["method"] == m for r in rows)])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"registration_{stamp}.md").write_text(text)

@@ -86,7 +86,10 @@ def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: b
 
     def refine(fixed, moving, init_disp, cfg, fixed_sim=None, moving_sim=None, init_state=None,
                deadline=None, seed=0):
-        calls.cascade.append({"steps": cfg.steps, "fixed_sim": fixed_sim, "seed": seed, "deadline": deadline})
+        calls.cascade.append({"steps": cfg.steps, "fixed_sim": fixed_sim, "seed": seed, "deadline": deadline,
+                              "init_state": init_state})
+        if init_state is not None and Path(init_state).read_bytes() == b"broken":
+            raise RuntimeError(f"{init_state}: not a cascade checkpoint")
         if cascade_error is not None:
             raise cascade_error
         return init_disp + cascade_add, RefineReport(steps=(cfg.steps,) * 3)

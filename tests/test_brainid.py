@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from caio.brainid import BrainID, BrainIDConfig, load_brainid, run_network, synthesize_t1, tiled_image
+from caio.brainid import BrainID, BrainIDConfig, load_brainid, synthesize_t1, tiled_image
 from caio.errors import CaioInputError
 
 
@@ -48,18 +48,19 @@ def model32(manifest) -> BrainID:
     return model.eval()
 
 
-def small_model(seed: int = 0) -> BrainID:
+@pytest.fixture(scope="module")
+def small_model() -> BrainID:
     """Random but well-scaled weights (GroupNorm gains ~1) for shape/behaviour tests."""
-    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(0)
     model = BrainID()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 5:
-                p.normal_(0.0, 1.0 / float(np.sqrt(p[0].numel())))
+                p.copy_(torch.randn(p.shape, generator=gen) / float(np.sqrt(p[0].numel())))
             elif name.endswith("groupnorm.weight"):
-                p.normal_(1.0, 0.1)
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             else:
-                p.normal_(0.0, 0.05)
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
     return model.eval()
 
 
@@ -108,16 +109,6 @@ def test_float32_forward_matches_official_image(model32, fixture_input, fixtures
     np.testing.assert_allclose(image.numpy(), expected, rtol=0, atol=1e-3)
 
 
-def test_tiled_inference_equals_untiled(model32, fixture_input):
-    x = torch.from_numpy(fixture_input.astype(np.float32) / 255.0)[None, None]
-    whole = run_network(model32, x)
-    tiled = tiled_image(model32, x, tile=(20, 28, 24))  # uneven tiles: levels 0-2 are split
-    assert tiled.shape == whole.shape
-    np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=2e-4)
-    half = tiled_image(model32, x, tile=(20, 28, 24), storage=torch.float16)
-    assert float((half - whole).abs().max()) < 0.02 * float(whole.abs().max())
-
-
 def test_tiled_inference_float64_matches_official_image(model64, fixture_input, fixtures_dir):
     expected = np.load(fixtures_dir / "brainid" / "expected_f64.npz")["image"]
     x = torch.from_numpy(fixture_input.astype(np.float64) / 255.0)[None, None]
@@ -126,32 +117,42 @@ def test_tiled_inference_float64_matches_official_image(model64, fixture_input, 
     np.testing.assert_allclose(out.numpy(), expected, rtol=0, atol=1e-8)
 
 
-def test_synthesize_t1_returns_exactly_the_input_grid_in_0_255():
-    model = small_model()
+def test_synthesize_t1_returns_exactly_the_input_grid_in_0_255(small_model):
     gen = torch.Generator().manual_seed(3)
-    volume = torch.zeros(1, 1, 20, 230, 18)  # axis 1 > 220 (cropped), axes 0, 2 small
-    volume[:, :, 3:17, 20:200, 2:16] = 255 * torch.rand(1, 1, 14, 180, 14, generator=gen)
-    out = synthesize_t1(model, volume)
+    volume = torch.zeros(1, 1, 20, 46, 18)  # axis 1 > max_size (cropped), axes 0, 2 < 24 (no crop)
+    volume[:, :, 3:17, 5:42, 2:16] = 1 + 254 * torch.rand(1, 1, 14, 37, 14, generator=gen)
+    cfg = BrainIDConfig(max_size=40, min_size=16)
+    out = synthesize_t1(small_model, volume, config=cfg)
     assert out.shape == volume.shape and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 255
     assert bool((out[volume <= 0] == 0).all())
-    assert float(out.max()) > 100  # the brain is scaled up to 255 at the 99.9th percentile
-    # the same volume, transposed, through the matching orientation config gives the transposed answer
-    cfg = BrainIDConfig(axis_order=(2, 0, 1), flip=(False, False, True))
+    assert float(out.max()) == pytest.approx(255.0)  # brain quantile mapped to 255, then clipped
+    assert bool((out[:, :, :, :3] == 0).all()) and bool((out[:, :, :, 43:] == 0).all())  # outside the crop
+    # the same volume stored in another axis order / direction, with the matching config, gives the same answer
     moved = volume.permute(0, 1, 3, 4, 2).flip(3)  # array axes (A, S reversed, R)
-    out2 = synthesize_t1(model, moved, config=cfg)
+    oriented = BrainIDConfig(axis_order=(2, 0, 1), flip=(False, False, True), max_size=40, min_size=16)
+    out2 = synthesize_t1(small_model, moved, config=oriented)
     assert out2.shape == moved.shape
     np.testing.assert_allclose(out2.numpy(), out.permute(0, 1, 3, 4, 2).flip(3).numpy(), atol=1e-3)
 
 
-def test_synthesize_t1_tiled_matches_untiled_on_small_volume():
-    model = small_model(1)
+def test_synthesize_t1_pads_axes_shorter_than_the_network_needs(small_model):
+    volume = torch.zeros(1, 1, 10, 20, 17)
+    volume[:, :, 2:8, 3:17, 3:14] = torch.linspace(1, 255, 6 * 14 * 11).view(1, 1, 6, 14, 11)
+    out = synthesize_t1(small_model, volume)
+    assert out.shape == volume.shape and float(out.max()) > 0
+
+
+def test_synthesize_t1_tiled_matches_untiled_on_small_volume(small_model):
     gen = torch.Generator().manual_seed(4)
-    volume = torch.zeros(1, 1, 40, 36, 32)
-    volume[:, :, 4:36, 4:32, 4:28] = 1 + 254 * torch.rand(1, 1, 32, 28, 24, generator=gen)
-    whole = synthesize_t1(model, volume)
-    tiled = synthesize_t1(model, volume, tile=16)
-    np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=0.05)  # in [0, 255] units
+    volume = torch.zeros(1, 1, 32, 36, 24)
+    volume[:, :, 4:28, 4:32, 4:20] = 1 + 254 * torch.rand(1, 1, 24, 28, 16, generator=gen)
+    whole = synthesize_t1(small_model, volume)
+    tiled = synthesize_t1(small_model, volume, tile=(16, 20, 16))
+    np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=0.05)  # [0, 255] units
+    half = synthesize_t1(small_model, volume, tile=(16, 20, 16), config=BrainIDConfig(storage=torch.float16))
+    err = (half - whole).abs()[volume > 0]
+    assert float(err.max()) < 8.0 and float(err.mean()) < 0.5  # ~1e-3 relative per stored layer
 
 
 def _save(path: Path, payload: object) -> Path:
@@ -159,21 +160,26 @@ def _save(path: Path, payload: object) -> Path:
     return path
 
 
-def test_clean_checkpoint_with_pickled_namespace_loads(tmp_path, manifest):
-    state = recipe_state(manifest, torch.float32)
+def _constant_state() -> dict[str, torch.Tensor]:
+    """Correct keys and shapes; each tensor a stride-0 view of one distinct value (a tiny file)."""
+    return {k: torch.full((1,), 0.001 * i).expand(v.shape) for i, (k, v) in enumerate(BrainID().state_dict().items())}
+
+
+def test_clean_checkpoint_with_pickled_namespace_loads(tmp_path):
+    state = _constant_state()
     args = argparse.Namespace(task="feat-anat", f_maps=64, lr=1e-4)
     path = _save(tmp_path / "brain_id_pretrained.pth", {"model": state, "epoch": 3, "args": args,
                                                          "best_val_stats": None})
     model = load_brainid(path, "cpu")
-    key = "head.final_conv_image.weight"
-    assert torch.equal(model.state_dict()[key], state[key])
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
     assert not model.training
 
 
 @pytest.mark.parametrize("problem", ["truncated", "wrong_shape", "extra_key", "missing_key", "no_model_entry",
                                      "foreign_class", "missing_file"])
 def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
-    state = {k: torch.zeros(v.shape) for k, v in BrainID().state_dict().items()}
+    state = _constant_state()
     payload: dict = {"model": state, "epoch": 0, "args": argparse.Namespace(a=1)}
     path = tmp_path / "ckpt.pth"
     if problem == "wrong_shape":

@@ -252,3 +252,23 @@ def test_backbone_returning_identity_without_cascade_is_reported_degraded(tmp_pa
     cfg = PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE, cascade=False)
     result = run(pairs, tmp_path / "out", cfg).results[0]
     assert result.path == "training-free:zero" and result.status == "degraded"
+
+
+def test_cascade_without_a_single_step_does_not_count_as_registration(tmp_path, monkeypatch):
+    doubles.install(monkeypatch, disp_value=0.0, cascade_add=0.0)
+    pairs = _pairs(tmp_path, [("0002_0000", "0001_0000")])
+    cfg = PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE, steps=0)
+    result = run(pairs, tmp_path / "out", cfg).results[0]
+    assert result.path == "training-free:zero+cascade:0" and result.status == "degraded" and result.steps == 0
+
+
+def test_cascade_initial_weights_are_passed_and_a_broken_file_is_ignored(tmp_path, monkeypatch):
+    calls = doubles.install(monkeypatch)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / pipeline.CASCADE_INIT_NAME).write_bytes(b"broken")
+    pairs = _pairs(tmp_path, [("0002_0000", "0001_0000")])
+    cfg = PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE, weights_dir=weights)
+    result = run(pairs, tmp_path / "out", cfg).results[0]
+    assert result.status == "ok" and result.path == "training-free+cascade"
+    assert [c["init_state"] for c in calls.cascade] == [weights / pipeline.CASCADE_INIT_NAME, None]

@@ -91,16 +91,31 @@ def test_random_displacement_is_smooth_bounded_and_invertible():
     assert float(spatial.jacobian_determinant(disp).min()) > 0.2
 
 
+def _label_r2(image: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of the brain's intensity variance explained by the per-label means."""
+    brain = labels > 0
+    values, lab = image[brain].astype(np.float64), labels[brain]
+    _, inverse = np.unique(lab, return_inverse=True)
+    means = np.bincount(inverse, weights=values) / np.bincount(inverse)
+    return 1.0 - float(np.var(values - means[inverse]) / np.var(values))
+
+
 def test_labels_and_image_stay_aligned(aseg_a: np.ndarray):
-    subject = make_subject(aseg_a[::2, ::2, ::2], ["t1", "t2"], generator_for(0, 0), SMALL)
-    labels = subject.labels
-    assert labels.shape == SMALL and set(np.unique(labels)) >= {0, *WM, *GM, *CSF}
-    for contrast, image in subject.images.items():
-        assert image.dtype == np.uint8 and image.shape == SMALL
-        np.testing.assert_array_equal(image > 0, labels > 0)  # background exactly where labels are 0
-        # per-label means are separated by several within-label standard deviations
-        wm, csf = image[np.isin(labels, WM)], image[np.isin(labels, CSF)]
-        assert abs(wm.mean() - csf.mean()) > 2 * max(wm.std(), csf.std()), contrast
+    clean = SynthConfig(bias_std=(0.0, 0.0), noise_std=(0.0, 0.0), gamma_log_std=0.0, thick_slice_prob=0.0)
+    for config, min_r2 in ((clean, 0.8), (SynthConfig(), 0.4)):
+        subject = make_subject(aseg_a[::2, ::2, ::2], ["t1", "t2"], generator_for(0, 0), SMALL, config)
+        labels = subject.labels
+        assert labels.shape == SMALL and set(np.unique(labels)) >= {0, *WM, *GM, *CSF}
+        for contrast, image in subject.images.items():
+            assert image.dtype == np.uint8 and image.shape == SMALL
+            np.testing.assert_array_equal(image > 0, labels > 0)  # background exactly where labels are 0
+            r2 = _label_r2(image, labels)
+            assert r2 > min_r2, (contrast, r2)
+            # the same labels shifted by 2 voxels explain the image much worse: the check sees misalignment
+            assert _label_r2(image, np.roll(labels, 2, axis=0)) < r2 - 0.2
+            if config is clean:
+                wm, csf = image[np.isin(labels, WM)], image[np.isin(labels, CSF)]
+                assert abs(wm.mean() - csf.mean()) > 2 * max(wm.std(), csf.std()), contrast
 
 
 @pytest.mark.parametrize("contrast, order", [
@@ -151,7 +166,7 @@ def test_same_seed_identical_files_different_seed_different(small_label_file: Pa
     write_synthetic_dataset(tmp_path / "b", seed=5, **kwargs)
     write_synthetic_dataset(tmp_path / "c", seed=6, **kwargs)
     a, b, c = (_read_folder(tmp_path / n) for n in "abc")
-    assert len(a) == 6 and a == b
+    assert len(a) == 8 and a == b
     assert (tmp_path / "a/LUMIR25_dataset.json").read_text() == (tmp_path / "b/LUMIR25_dataset.json").read_text()
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a if k.startswith("imagesVal"))

@@ -190,7 +190,8 @@ def test_predict_displacement_rejects_wrong_shapes(model32):
 
 
 # ------------------------------------------------------------------------------ components
-def test_neighbourhood_attention_equals_unfolded_softmax():
+@pytest.mark.parametrize("slab", [None, 1, 3, 100])
+def test_neighbourhood_attention_equals_unfolded_softmax(slab):
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(2, 5, 4, 6, 5, generator=gen, dtype=torch.float64) * 3
     k = torch.randn(2, 5, 6, 8, 7, generator=gen, dtype=torch.float64) * 3
@@ -199,7 +200,7 @@ def test_neighbourhood_attention_equals_unfolded_softmax():
     weights = torch.softmax((q[:, :, None] * keys).sum(1) / 5 ** 0.5, dim=1)  # [B, 27, d, h, w]
     offsets = torch.tensor(NEIGHBOUR_OFFSETS, dtype=torch.float64)  # [27, 3]
     reference = torch.einsum("bjxyz,jc->bcxyz", weights, offsets)
-    torch.testing.assert_close(neighbourhood_attention(q, k), reference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(neighbourhood_attention(q, k, slab=slab), reference, rtol=0, atol=1e-12)
     assert NEIGHBOUR_OFFSETS[1] == (-1, -1, 0) and NEIGHBOUR_OFFSETS[9] == (0, -1, -1)
 
 

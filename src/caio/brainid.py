@@ -216,8 +216,8 @@ class _SkipAndUpsampled(_Stored):
         first = [int(i[0]) for i in idx]
         low = self.low[:, :, first[0]:int(idx[0][-1]) + 1, first[1]:int(idx[1][-1]) + 1, first[2]:int(idx[2][-1]) + 1]
         low = low.to(device, dtype)
-        for k in range(3):
-            low = low.index_select(2 + k, (idx[k] - first[k]).to(device))
+        i0, i1, i2 = [(i - f).to(device) for i, f in zip(idx, first)]
+        low = low[:, :, i0[:, None, None], i1[None, :, None], i2[None, None, :]]  # (index_select is slow)
         return torch.cat([super().read(box, device, dtype), low], dim=1)
 
 
@@ -226,9 +226,9 @@ def _groupnorm_affine(gn: nn.GroupNorm, source: _Stored, tile, device) -> tuple[
     total = torch.zeros(source.channels, dtype=torch.float64, device=device)
     total_sq = torch.zeros_like(total)
     for box in _tiles(source.shape, tile):
-        x = source.read(box, device, torch.float64).flatten(2)[0]
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
+        x = source.read(box, device, gn.weight.dtype).flatten(2)[0]  # per-tile sums, fp64 totals
+        total += x.sum(1).double()
+        total_sq += (x * x).sum(1).double()
     count = float(torch.tensor(source.shape).prod())
     mean = (total / count).view(gn.num_groups, -1).mean(1)
     var = ((total_sq / count).view(gn.num_groups, -1).mean(1) - mean * mean).clamp_min(0.0)

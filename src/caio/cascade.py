@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from caio import spatial
-from caio.cascade_net import build_cascade, load_weights
+from caio.cascade_net import Adam, build_cascade, load_weights
 from caio.features import normalize_intensity
 from caio.losses import diffusion, lncc_loss
 
@@ -308,7 +308,7 @@ def refine(fixed: torch.Tensor, moving: torch.Tensor, init_disp: torch.Tensor, c
     finalize(init_disp, torch.zeros((1, 3, *inputs.shapes[-1]), device=device), cfg)
     reserve = 1.5 * (time.monotonic() - t0) + 0.005
 
-    optimizer = torch.optim.Adam(nets.parameters(), lr=cfg.lr)
+    optimizer = Adam(nets.parameters(), lr=cfg.lr)
     best_loss, best_field = math.inf, None
     fwd_time = bwd_time = None
     for step in range(cfg.steps):
@@ -331,9 +331,8 @@ def refine(fixed: torch.Tensor, moving: torch.Tensor, init_disp: torch.Tensor, c
         if remaining() < 1.1 * predicted_bwd + reserve:
             report.stopped_by_deadline = True
             break
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * warmup_factor(step, cfg.warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.lr = cfg.lr * warmup_factor(step, cfg.warmup_steps)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         report.steps = step + 1

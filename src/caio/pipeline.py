@@ -42,6 +42,8 @@ from caio.pipeline_stages import _backbone, _cascade, _gate, _similarity_inputs,
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "vfa", "training-free")
+CASCADE_INIT_NAME = "cascade_init.pt"
+"""File in the weights folder with the cascade's pretrained initial weights (``caio pretrain``)."""
 WRITE_RESERVE_FRACTION = 0.15
 """Share of the per-pair budget kept for validating and writing the output (gzip of 80 MB)."""
 WRITE_RESERVE_MAX_S = 10.0
@@ -101,6 +103,7 @@ class Models:
     brainid: Any = None
     vfa_mono: Any = None
     vfa_multi: Any = None
+    cascade_init: Path | None = None
     _moved: dict = field(default_factory=dict, repr=False)
 
     def on(self, device: torch.device) -> "Models":
@@ -112,7 +115,7 @@ class Models:
 
             moved = {k: (copy.deepcopy(v).to(device) if isinstance(v, torch.nn.Module) else v)
                      for k, v in (("brainid", self.brainid), ("vfa_mono", self.vfa_mono), ("vfa_multi", self.vfa_multi))}
-            self._moved[device] = Models(device=device, **moved)
+            self._moved[device] = Models(device=device, cascade_init=self.cascade_init, **moved)
         return self._moved[device]
 
 
@@ -166,6 +169,18 @@ def _weights_path(role: str, weights_dir: Path | None) -> Path | None:
     return resolve(role, weights_dir)
 
 
+def _cascade_init_path(weights_dir: Path | None) -> Path | None:
+    """``cascade_init.pt`` (written by ``caio pretrain``) in the weights folder, if present."""
+    if weights_dir is None:
+        try:
+            from caio.weights import default_weights_dir
+        except ImportError:
+            return None
+        weights_dir = default_weights_dir()
+    path = Path(weights_dir) / CASCADE_INIT_NAME
+    return path if path.is_file() else None
+
+
 def load_models(cfg: PipelineConfig, device: torch.device | None = None) -> Models:
     """Load every network whose weights are present, once per run.
 
@@ -194,6 +209,9 @@ def load_models(cfg: PipelineConfig, device: torch.device | None = None) -> Mode
             continue
         setattr(models, attr, model)
         log.info("weights for %s: %s", role, path)
+    models.cascade_init = _cascade_init_path(cfg.weights_dir)
+    if models.cascade_init is not None:
+        log.info("cascade initial weights: %s", models.cascade_init)
     if cfg.mode == "vfa" and models.vfa_mono is None and models.vfa_multi is None:
         raise CaioInputError("mode 'vfa' needs VFA weights (backbone_mono or backbone_multi); none found"
                              f" in {cfg.weights_dir or 'the default weights folder'}")
@@ -229,14 +247,14 @@ def _register_once(fixed_np, moving_np, pair: Pair, cfg: PipelineConfig, models:
         result.gate_score, result.cross_contrast, result.gate_forced = score, cross, forced
         fimg, mimg, fsim, msim = _similarity_inputs(fixed, moving, cross, models, steps)
         init = _backbone(fimg, mimg, cross, cfg, models, deadline, low_memory, steps)
-        disp, n_steps = _cascade(fimg, mimg, init, fsim, msim, cfg, deadline, steps)
+        disp, n_steps = _cascade(fimg, mimg, init, fsim, msim, cfg, deadline, steps, models.cascade_init)
     try:
         out = validate_disp(disp, fixed_np.shape)
     except ValueError as err:
         if disp is init:
             raise
         log.error("%s: cascade output rejected (%s): keeping the backbone's displacement", pair.key, err)
-        steps.remove("cascade")
+        steps[:] = [s for s in steps if not s.startswith("cascade")]
         out, n_steps = validate_disp(init, fixed_np.shape), None
     result.path, result.steps = "+".join(steps), n_steps
     return out
@@ -282,7 +300,7 @@ def register_pair(pair: Pair, cfg: PipelineConfig, models: Models) -> PairResult
             result.peak_mem_mb = _peak_mem_mb(device)
             if not REGISTRATION_STEPS & set(result.path.split("+")):
                 result.status = "degraded"
-                result.message = "no registration method ran (modules missing or failed): identity displacement"
+                result.message = "no registration step completed (module missing or failed, or budget too short): identity displacement"
             break
         except CaioInputError as err:
             result.status, result.message = "skipped", str(err)

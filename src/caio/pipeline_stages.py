@@ -162,18 +162,29 @@ def _backbone(fixed, moving, cross: bool, cfg: PipelineConfig, models: Models, d
 
 
 def _cascade(fixed, moving, init, fsim, msim, cfg: PipelineConfig, deadline: float,
-             steps: list[str]) -> tuple[torch.Tensor, int | None]:
+             steps: list[str], init_state=None) -> tuple[torch.Tensor, int | None]:
     if not cfg.cascade:
         return init, None
     try:
         from caio.cascade import CascadeConfig, refine
 
         c_cfg = _with_fields(CascadeConfig(), steps=cfg.steps)
-        disp, report = refine(fixed, moving, init, c_cfg, fixed_sim=fsim, moving_sim=msim,
-                              deadline=deadline, seed=cfg.seed)
-        steps.append("cascade")
+        try:
+            disp, report = refine(fixed, moving, init, c_cfg, fixed_sim=fsim, moving_sim=msim,
+                                  init_state=init_state, deadline=deadline, seed=cfg.seed)
+        except Exception as err:
+            if init_state is None or _is_oom(err):
+                raise
+            _warn_once("cascade-init", "cascade initial weights %s unusable (%s): random initialisation",
+                       init_state, err, level=logging.ERROR)
+            disp, report = refine(fixed, moving, init, c_cfg, fixed_sim=fsim, moving_sim=msim,
+                                  deadline=deadline, seed=cfg.seed)
         done = getattr(report, "steps", getattr(report, "steps_done", None))
-        return disp.float(), (int(sum(done)) if isinstance(done, (list, tuple)) else done)
+        done = int(sum(done)) if isinstance(done, (list, tuple)) else done
+        if done == 0:  # the deadline came first: the field is the backbone's
+            _warn_once("cascade-zero", "cascade ran no step before the deadline (budget too short?)")
+        steps.append("cascade" if done != 0 else "cascade:0")
+        return disp.float(), done
     except Exception as err:
         if _is_oom(err):
             raise

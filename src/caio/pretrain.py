@@ -26,7 +26,7 @@ import torch
 
 from caio import io
 from caio.cascade import CascadeConfig, cascade_forward, config_to_dict, prepare_inputs, warmup_factor
-from caio.cascade_net import build_cascade, save_weights
+from caio.cascade_net import Adam, build_cascade, save_weights
 from caio.checkpoints import load_checkpoint, load_into
 from caio.errors import CaioInputError
 
@@ -115,7 +115,7 @@ def train(volumes: Sequence[torch.Tensor], cfg: CascadeConfig, steps: int, lr: f
     device = volumes[0].device
     nets = build_cascade(len(cfg.stage_factors), cfg.arch["in_channels"], cfg.base_channels, cfg.depth, seed,
                          cfg.head_std).to(device).train()
-    optimizer = torch.optim.Adam(nets.parameters(), lr=lr)
+    optimizer = Adam(nets.parameters(), lr=lr)
     start = 0
     if resume:
         if checkpoint is None or not checkpoint.is_file():
@@ -135,9 +135,8 @@ def train(volumes: Sequence[torch.Tensor], cfg: CascadeConfig, steps: int, lr: f
         i, j = pair_for_step(seed, step, len(volumes))
         inputs = prepare_inputs(volumes[i], volumes[j], zero, cfg)
         loss, _, _ = cascade_forward(nets, inputs, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * warmup_factor(step, cfg.warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.lr = lr * warmup_factor(step, cfg.warmup_steps)
+        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         bar.set_postfix(loss=f"{float(loss):.4f}")

@@ -256,7 +256,8 @@ def make_subject(label_map: np.ndarray, contrasts: Sequence[str], gen: torch.Gen
     disp = random_displacement(shape, gen, config.max_disp)
     labels = resample_labels(canonical, sampling_grid(shape, affine, disp))
     mask = brain_mask(labels, config.brain_dilation)
-    images = {c: synthesize_image(labels, c, gen, config, mask=mask)[0, 0].numpy().astype(np.uint8)
+    voxel_mm = [(m - 1) / (n - 1) for n, m in zip(shape, LUMIR_SHAPE)]  # the grid spans LUMIR's field of view
+    images = {c: synthesize_image(labels, c, gen, config, mask=mask, voxel_mm=voxel_mm)[0, 0].numpy().astype(np.uint8)
               for c in contrasts}
     return SynthSubject(subject_id, Path(source), labels, images)
 

@@ -102,14 +102,15 @@ TEMPLATE_CENTROIDS: dict[int, tuple[float, float, float]] = {
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """Ranges of the random draws (intensities in 0..255-like units, lengths in voxels)."""
+    """Ranges of the random draws (intensities in 0..255-like units; blur and slices in mm,
+    deformation in output voxels)."""
 
     mean_jitter: float = 12.0        # std of the per-tissue shift of a contrast model's means
     label_jitter: float = 4.0        # std of an extra per-label shift (left/right differ a bit)
     tissue_std: tuple[float, float] = (2.0, 8.0)   # range of within-tissue noise std
-    pv_sigma: tuple[float, float] = (0.4, 1.0)     # partial-volume blur sigma
+    pv_sigma: tuple[float, float] = (0.4, 1.0)     # partial-volume blur sigma (mm)
     thick_slice_prob: float = 0.5    # probability of a thick-slice acquisition along one axis
-    slice_thickness: tuple[float, float] = (1.5, 4.0)
+    slice_thickness: tuple[float, float] = (1.5, 4.0)  # mm
     bias_std: tuple[float, float] = (0.0, 0.25)    # std of the log bias field at control points
     noise_std: tuple[float, float] = (0.0, 5.0)
     gamma_log_std: float = 0.2       # gamma = exp(N(0, this))
@@ -142,7 +143,8 @@ def tissue_means(contrast: str, gen: torch.Generator, config: SynthConfig) -> to
 
 
 def synthesize_image(labels: np.ndarray, contrast: str, gen: torch.Generator,
-                     config: SynthConfig = SynthConfig(), mask: np.ndarray | None = None) -> torch.Tensor:
+                     config: SynthConfig = SynthConfig(), mask: np.ndarray | None = None,
+                     voxel_mm: Sequence[float] | float = 1.0) -> torch.Tensor:
     """Draw one image of ``contrast`` from a skull-stripped label map.
 
     Args:
@@ -150,6 +152,7 @@ def synthesize_image(labels: np.ndarray, contrast: str, gen: torch.Generator,
         contrast: a key of :data:`MODALITY_CODES` (t1, t2, flair, pd, random).
         gen: source of all randomness.
         mask: brain mask (default ``labels > 0``); label-0 voxels inside it are drawn as CSF.
+        voxel_mm: voxel size (one value or per axis) that converts the mm ranges of ``config``.
     Returns:
         ``[1, 1, D0, D1, D2]`` float32 with integer values: 0 outside ``mask``, 1..255 inside.
     """
@@ -173,10 +176,11 @@ def synthesize_image(labels: np.ndarray, contrast: str, gen: torch.Generator,
     image = (means[tis] + label_shift[lab]).float() + stds[tis].float() * noise
     image = torch.where(torch.from_numpy(mask), image, torch.zeros(()))[None, None]
 
-    image = spatial.gaussian_blur(image, float(uniform(gen, config.pv_sigma)))
+    voxel = np.broadcast_to(np.asarray(voxel_mm, dtype=np.float64), (3,))
+    image = spatial.gaussian_blur(image, [float(uniform(gen, config.pv_sigma)) / v for v in voxel])
     if float(torch.rand((), generator=gen)) < config.thick_slice_prob:
         axis = int(torch.randint(3, (), generator=gen))
-        thickness = float(uniform(gen, config.slice_thickness))
+        thickness = max(float(uniform(gen, config.slice_thickness)) / voxel[axis], 1.0)  # in voxels
         sigmas = [0.0, 0.0, 0.0]
         sigmas[axis] = 0.42 * thickness
         image = spatial.gaussian_blur(image, sigmas)

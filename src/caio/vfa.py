@@ -93,23 +93,26 @@ class MatchingDecoder(nn.Module):
         Returns:
             ``[B, 3, d, h, w]`` composed grid in voxels of this level (float32 or float64).
         """
-        work = self.beta.dtype
+        work = self.beta.dtype  # grids, warping and softmax stay in the parameter dtype under autocast
+        full_precision = torch.autocast(fixed_feat.device.type, enabled=False)
         if grid is not None:
-            moving_feat = spatial.sample(moving_feat.to(work), grid)
+            with full_precision:
+                moving_feat = spatial.sample(moving_feat.to(work), grid)
         padded = F.pad(moving_feat, (1, 1, 1, 1, 1, 1), mode="replicate")
         del moving_feat
-        keys = self.project[level](padded)
+        keys = self.project[level](padded)  # the convolutions follow the ambient autocast
         del padded
         query = self.project[level](fixed_feat)
-        u = self.attention(query.to(work), keys.to(work))
-        del query, keys
-        if record is not None:
-            record[f"attn_disp_level{level}"] = u
-        identity = spatial.identity_grid(u.shape[2:], u.device, work)
-        local = identity + self.beta.to(work) * u / 2 ** self.int_steps
-        for _ in range(self.int_steps):
-            local = spatial.sample(local, local)
-        return local if grid is None else spatial.sample(grid, local)
+        with full_precision:
+            u = self.attention(query.to(work), keys.to(work))
+            del query, keys
+            if record is not None:
+                record[f"attn_disp_level{level}"] = u
+            identity = spatial.identity_grid(u.shape[2:], u.device, work)
+            local = identity + self.beta.to(work) * u / 2 ** self.int_steps
+            for _ in range(self.int_steps):
+                local = spatial.sample(local, local)
+            return local if grid is None else spatial.sample(grid, local)
 
 
 def upsample_grid(grid: torch.Tensor) -> torch.Tensor:
@@ -164,7 +167,8 @@ class VFA(nn.Module):
             if grid is not None:
                 if record is not None:
                     record[f"grid_level{level + 1}"] = grid
-                grid = upsample_grid(grid)
+                with torch.autocast(grid.device.type, enabled=False):
+                    grid = upsample_grid(grid)
             fixed_feat, fixed_feats[level] = fixed_feats[level], None
             moving_feat, moving_feats[level] = moving_feats[level], None
             grid = self.decoder.level_step(level, fixed_feat, moving_feat, grid, record)
