@@ -40,6 +40,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
 METHODS = ("caio", "caio_cascade", "greedy", "ants", "convexadam", "elastix")
+ASEG28 = [2, 3, 4, 7, 8, *range(10, 19), 24, 28, 41, 42, 43, 46, 47, *range(49, 55), 60]
+"""The 28 aseg labels of data_and_peers.md pair B (Dice of the peers there is over these)."""
 VXM_AFFINE = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], float)
 
 
@@ -80,7 +82,8 @@ def prepare_real1mm(cache: Path) -> list[Path]:
             norm = nib.load(str(src / "norm.mgz"))
             _save(Path(tmp) / "m.nii.gz", np.asarray(norm.dataobj, np.float32), norm.affine)
             _affine_align(case, scan["vol"] * 255.0, Path(tmp) / "m.nii.gz", Path(tmp) / "mseg.nii.gz", VXM_AFFINE)
-        (case / "meta.json").write_text(json.dumps({"set": "real1mm", "mask": "fixed", "contrast": "same"}))
+        (case / "meta.json").write_text(json.dumps({"set": "real1mm", "mask": "fixed", "contrast": "same",
+                                                    "labels": ASEG28}))
     return [case]
 
 
@@ -254,7 +257,7 @@ def worker(method: str, case: Path, result: Path, threads: int) -> None:
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     fseg = np.asarray(nib.load(str(case / "fixed_seg.nii.gz")).dataobj).astype(np.int64)
     mseg = np.asarray(nib.load(str(case / "moving_seg.nii.gz")).dataobj).astype(np.int64)
-    labels = sorted(set(np.unique(fseg).tolist()) & set(np.unique(mseg).tolist()) - {0})
+    labels = meta.get("labels") or sorted(set(np.unique(fseg).tolist()) & set(np.unique(mseg).tolist()) - {0})
     mask_src = (nib.load(str(case / "fixed.nii.gz")).get_fdata() if meta["mask"] == "fixed" else fseg).astype(np.float32)
     metrics = evaluate_pair(fseg, mseg, disp, fixed_image=mask_src, labels=labels)
     affine_dice = float(np.mean([2.0 * np.sum((fseg == k) & (mseg == k)) / (np.sum(fseg == k) + np.sum(mseg == k))

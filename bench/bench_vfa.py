@@ -6,8 +6,9 @@ Usage (from the repo root)::
     nice -n 10 python bench/bench_vfa.py --devices cpu --shape 160 224 192 --threads 2
 
 Each device runs in its own subprocess so that the CPU peak RSS (``ru_maxrss``) belongs to
-that run alone. Prints one table row per (device, precision): seconds of the timed forward
-(after a warm-up on CUDA) and the peak memory (CPU: process peak RSS, which includes the
+that run alone. Prints one table row per (device, precision): wall seconds of the timed forward (after a
+warm-up on CUDA), CPU seconds of the process (user + system, all threads), the 1-minute load
+average at the end (a busy shared machine inflates wall time) and the peak memory (CPU: process peak RSS, which includes the
 Python/torch baseline; CUDA: ``torch.cuda.max_memory_allocated``).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -38,15 +40,17 @@ def run_one(device: str, precision: str, shape: list[int], threads: int, repeats
         predict_displacement(model, fixed, moving, precision)  # warm-up (cuDNN autotune, allocator)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         disp = predict_displacement(model, fixed, moving, precision)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     row = {"device": device, "precision": precision, "shape": shape, "threads": threads,
-           "seconds": min(times), "disp_abs_max": float(disp.abs().max()),
+           "seconds": min(times), "cpu_seconds": min(cpu_times),
+           "load_avg_1min": os.getloadavg()[0], "disp_abs_max": float(disp.abs().max()),
            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
            "baseline_rss_gb": baseline_rss}
     if dev.type == "cuda":
@@ -85,10 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"VFA forward, shape {tuple(args.shape)}, random weights")
-    print(f"{'device':8} {'prec':5} {'threads':>7} {'seconds':>8} {'peak RSS GB':>12} {'peak CUDA GB':>13}")
+    print(f"{'device':8} {'prec':5} {'threads':>7} {'wall s':>8} {'CPU s':>8} {'peak RSS GB':>12} {'peak CUDA GB':>13}"
+          f" {'load':>5}")
     for r in rows:
         cuda = f"{r['peak_cuda_gb']:13.2f}" if "peak_cuda_gb" in r else f"{'-':>13}"
-        print(f"{r['device']:8} {r['precision']:5} {r['threads']:7d} {r['seconds']:8.1f} {r['peak_rss_gb']:12.2f} {cuda}")
+        print(f"{r['device']:8} {r['precision']:5} {r['threads']:7d} {r['seconds']:8.1f} {r['cpu_seconds']:8.1f}"
+              f" {r['peak_rss_gb']:12.2f} {cuda} {r['load_avg_1min']:5.1f}")
     return 0 if rows else 1
 
 

@@ -20,7 +20,6 @@ B's labels by :func:`caio.synth.synthesize_image`. Pairs: 3455_0000 <- 3454_0000
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time

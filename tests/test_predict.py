@@ -194,3 +194,17 @@ def test_predict_with_the_real_modules_on_tiny_volumes(tmp_path, capsys):
     assert code == 0, out
     for name in ("disp_0002_0001", "disp_0002_0003"):
         assert validate_displacement_file(tmp_path / "out" / f"{name}.nii.gz", (32, 32, 32)) is None
+
+
+def test_predict_qc_writes_pictures_per_pair(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("caio.qc")
+    doubles.install(monkeypatch, keep=("caio.qc",))
+    json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000")])
+    labels = __import__("numpy").zeros((32, 32, 32), "uint8")
+    labels[8:24, 8:24, 8:24] = 3
+    doubles.write_volume(tmp_path / "data/labelsVal/LUMIRMRI_0002_0000.nii.gz", labels)
+    code = main(["--json", str(json_path), "--input", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                 "--shape", "32x32x32", "--device", "cpu", "--no-progress", "--qc", str(tmp_path / "qc")])
+    assert code == 0
+    pictures = sorted(p.name for p in (tmp_path / "qc").iterdir())
+    assert pictures and all(p.startswith("disp_0002_0001") and p.endswith(".png") for p in pictures)

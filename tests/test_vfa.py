@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -127,26 +128,33 @@ def test_warped_moving_matches_official(run64, inputs, vfa_dir):
 
 
 # ------------------------------------------------------------------------------ float32 / precision
-def test_float32_grid_and_warped_moving_match_official(model32, inputs, vfa_dir):
-    expected = np.load(vfa_dir / "expected_f32.npz")
+@pytest.fixture(scope="module")
+def disp32(model32, inputs) -> torch.Tensor:
     fixed, moving = (x.float() for x in inputs)
-    with torch.inference_mode():
-        grid = model32(fixed, moving)
-    assert grid.dtype == torch.float32
+    return predict_displacement(model32, fixed, moving, precision="fp32")
+
+
+def test_float32_grid_and_warped_moving_match_official(disp32, inputs, vfa_dir):
+    expected = np.load(vfa_dir / "expected_f32.npz")
+    grid = disp32 + spatial.identity_grid((32, 64, 48))
     np.testing.assert_allclose(grid.numpy(), expected["grid"], rtol=0, atol=1e-3)
+    moving = inputs[1].float()
     np.testing.assert_allclose(spatial.sample(moving, grid).numpy(), expected["warped_moving"], rtol=0, atol=1e-2)
 
 
-def test_predict_displacement_is_grid_minus_identity_in_voxels(model32, inputs, vfa_dir):
+def test_predict_displacement_is_grid_minus_identity_in_voxels(model32, disp32, inputs, vfa_dir):
     expected = np.load(vfa_dir / "expected_f64.npz")["grid"]
-    fixed, moving = (x.float() for x in inputs)
-    disp = predict_displacement(model32, fixed, moving, precision="fp32")
-    assert disp.shape == (1, 3, 32, 64, 48) and disp.dtype == torch.float32
-    assert not disp.is_inference() and not disp.requires_grad
+    assert disp32.shape == (1, 3, 32, 64, 48) and disp32.dtype == torch.float32
+    assert not disp32.is_inference() and not disp32.requires_grad
     identity = spatial.identity_grid((32, 64, 48), dtype=torch.float64).numpy()
-    np.testing.assert_allclose(disp.double().numpy(), expected - identity, rtol=0, atol=1e-3)
-    disp.requires_grad_(True)  # usable by the (autograd) cascade afterwards
+    np.testing.assert_allclose(disp32.double().numpy(), expected - identity, rtol=0, atol=1e-3)
+    with torch.inference_mode():
+        grid = model32(*(x.float() for x in inputs))
+    assert grid.dtype == torch.float32
+    torch.testing.assert_close(disp32, grid - spatial.identity_grid((32, 64, 48)), rtol=0, atol=1e-6)
+    disp = disp32.clone().requires_grad_(True)  # usable by the (autograd) cascade afterwards
     (disp * 2).sum().backward()
+    assert torch.equal(disp.grad, torch.full_like(disp, 2.0))
 
 
 @pytest.mark.parametrize("precision, max_tol, mean_tol", [("fp16", 0.3, 0.02), ("bf16", 1.0, 0.1)])
@@ -162,24 +170,23 @@ def test_autocast_half_precision_stays_close_to_float64(model32, inputs, vfa_dir
     assert err.max() > 1e-4  # the half-precision path was really taken
 
 
-def test_input_scale_is_applied_once_before_the_network(model32, inputs):
+def test_input_scale_is_applied_once_before_the_network(model32, disp32, inputs):
     fixed, moving = (x.float() for x in inputs)
     scaled = VFA(VFAConfig(input_scale=1 / 255)).eval()
     scaled.load_state_dict(model32.state_dict())
     disp_scaled = predict_displacement(scaled, fixed, moving, precision="fp32")
     disp_manual = predict_displacement(model32, fixed * (1 / 255), moving * (1 / 255), precision="fp32")
     torch.testing.assert_close(disp_scaled, disp_manual, rtol=0, atol=1e-5)
-    disp_raw = predict_displacement(model32, fixed, moving, precision="fp32")
-    assert (disp_scaled - disp_raw).abs().max() > 1e-5  # IN eps makes the scale visible
+    assert (disp_scaled - disp32).abs().max() > 1e-5  # IN eps makes the scale visible
 
 
 def test_predict_displacement_pads_sizes_that_are_not_multiples_of_16(model32, inputs):
-    fixed, moving = (x.float()[:, :, :30, :50, :40] for x in inputs)
+    fixed, moving = (x.float()[:, :, 4:24, 10:40, 12:32] for x in inputs)
     disp = predict_displacement(model32, fixed, moving, precision="fp32")
-    assert disp.shape == (1, 3, 30, 50, 40)
-    padded = [F.pad(x, (0, 8, 0, 14, 0, 2)) for x in (fixed, moving)]
+    assert disp.shape == (1, 3, 20, 30, 20)
+    padded = [F.pad(x, (0, 12, 0, 2, 0, 12)) for x in (fixed, moving)]  # up to 32 (>= 2 * 16) per axis
     full = predict_displacement(model32, *padded, precision="fp32")
-    torch.testing.assert_close(disp, full[:, :, :30, :50, :40], rtol=0, atol=1e-6)
+    torch.testing.assert_close(disp, full[:, :, :20, :30, :20], rtol=0, atol=1e-6)
 
 
 def test_predict_displacement_rejects_wrong_shapes(model32):
@@ -222,8 +229,10 @@ def _state32(weights64) -> dict[str, torch.Tensor]:
 def test_load_vfa_accepts_each_checkpoint_layout(tmp_path, weights64, layout):
     state = _state32(weights64)
     if layout == "2024":
-        obj = {"epoch": 999, "model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": []},
-               "scheduler_state_dict": {"last_epoch": 3}}
+        obj = {"epoch": 999, "model_state_dict": state,
+               "optimizer_state_dict": {"state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(3)}},
+                                        "param_groups": [{"lr": 1e-4, "amsgrad": True, "params": [0]}]},
+               "scheduler_state_dict": {"milestones": Counter({1000: 1}), "gamma": 0.5, "last_epoch": 3}}
     elif layout == "2025":
         obj = {"epoch": 499, "state_dict": state, "best_dsc": 0.77, "optimizer": {"state": {}}}
     else:
@@ -244,6 +253,10 @@ def test_load_vfa_takes_input_scale_from_the_weights_manifest(tmp_path, weights6
     path = tmp_path / "VFA_LUMIR24.pth"
     torch.save({"model_state_dict": _state32(weights64)}, path)
     assert load_vfa(path).config.input_scale == 1.0
+    entry = {"name": "X", "role": "backbone_mono", "file": "VFA_LUMIR24.pth", "urls": [], "sha256": None,
+             "licence": "test", "checkpoint_key": "model_state_dict", "input_scale": 0.5}
+    (tmp_path / "manifest.json").write_text(json.dumps({"weights": [entry]}))  # beside the file: wins
+    assert load_vfa(path).config.input_scale == 0.5
 
 
 def test_truncated_checkpoint_is_a_one_line_input_error(tmp_path, weights64):

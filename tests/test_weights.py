@@ -264,3 +264,15 @@ def test_gdown_missing_is_a_clear_input_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown -> ImportError
     with pytest.raises(CaioInputError, match="gdown is not installed"):
         weights.gdown_download("https://drive.google.com/uc?id=X", tmp_path / "a.pth")
+
+
+def test_cli_fetch_continues_after_a_failure_and_exits_1(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "remote.bin"
+    source.write_bytes(b"w")
+    dest = tmp_path / "w"
+    _write_manifest(dest, [_entry("Bad", "backbone_mono", "bad.pth", "0" * 64), _entry("Good", "backbone_multi", "g.pth", None)])
+    monkeypatch.setattr(weights, "gdown_download", _fake_downloader(source))
+    assert caio_main(["weights", "--weights-dir", str(dest), "fetch"]) == 1
+    out = capsys.readouterr().out
+    assert "Bad: FAILED" in out and "sha256" in out
+    assert (dest / "g.pth").read_bytes() == b"w" and not (dest / "bad.pth").exists()

@@ -4,9 +4,9 @@ The score is the **signed** local normalised cross-correlation (LNCC) of the two
 averaged over the brain, at low resolution:
 
 1. Brain mask = ``fixed > 0`` and ``moving > 0`` (LUMIR images are skull-stripped, background 0).
-2. Both images are divided by their maximum inside the mask and block-averaged by
-   ``factor`` (4: 160x224x192 -> 40x56x48, 4 mm voxels), background excluded (masked mean);
-   low-resolution voxels with less than half of their block inside the mask are dropped.
+2. Both images are block-averaged by ``factor`` (4: 160x224x192 -> 40x56x48, 4 mm voxels)
+   over mask voxels only (masked mean); low-resolution voxels with less than half of their
+   block inside the mask are dropped; each image is then divided by its maximum.
    Block averaging is both the anti-aliasing filter and the decimation; a Gaussian
    :func:`caio.spatial.resize_image` of the full volume does the same job in ~3 s on 2 CPU
    cores instead of ~0.1 s.
@@ -77,14 +77,16 @@ def _as_volume(image: torch.Tensor | np.ndarray) -> torch.Tensor:
     return tensor.float()
 
 
-def _masked_block_mean(images: torch.Tensor, mask: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block means of ``images`` [1, C, ...] over mask voxels, and the low-resolution mask."""
-    if factor <= 1:
-        return images, mask > 0.5
-    pooled = F.avg_pool3d(torch.cat([images * mask, mask], dim=1), factor, ceil_mode=True)
-    weight = pooled[:, -1:]
-    low_mask = weight >= 0.5
-    return pooled[:, :-1] / weight.clamp_min(1e-6), low_mask
+def _masked_block_mean(f: torch.Tensor, m: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block means ``[1, 2, ...]`` of both images over voxels inside both brains, and the
+    low-resolution mask (at least half of the block inside)."""
+    mask = (f > 0).logical_and_(m > 0)
+    stack = torch.cat([f, m, mask.float()], dim=1)
+    stack[:, :2] *= stack[:, 2:3]
+    if factor > 1:
+        stack = F.avg_pool3d(stack, factor, ceil_mode=True)
+    weight = stack[:, 2:3]
+    return stack[:, :2] / weight.clamp_min(1e-6), weight >= 0.5
 
 
 def gate_score(fixed: torch.Tensor | np.ndarray, moving: torch.Tensor | np.ndarray,
@@ -102,17 +104,14 @@ def gate_score(fixed: torch.Tensor | np.ndarray, moving: torch.Tensor | np.ndarr
     f, m = _as_volume(fixed), _as_volume(moving)
     if f.shape != m.shape:
         raise ValueError(f"fixed {tuple(f.shape)} and moving {tuple(m.shape)} must share a grid")
-    mask = ((f > 0) & (m > 0)).float()
-    if not bool(mask.any()):
-        return math.nan
-    images = torch.cat([f / f.max(), m / m.max()], dim=1)
-    low, low_mask = _masked_block_mean(images, mask, int(cfg.factor))
+    low, low_mask = _masked_block_mean(f, m, int(cfg.factor))
     if not bool(low_mask.any()):
         return math.nan
     w = low_mask.float()
-    lf, lm = low[:, :1] * w, low[:, 1:] * w
-    stacked = torch.cat([w, lf, lm, lf * lf, lm * lm, lf * lm], dim=1).double()
-    local = spatial.gaussian_blur(stacked, float(cfg.sigma_vox))
+    top = low.amax(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
+    low = low / top * w  # each image in [0, 1], background 0
+    lf, lm = low[:, :1], low[:, 1:]
+    local = spatial.gaussian_blur(torch.cat([w, lf, lm, lf * lf, lm * lm, lf * lm], dim=1), float(cfg.sigma_vox))
     weight = local[:, :1].clamp_min(1e-6)
     mean_f, mean_m, ff, mm, fm = (local[:, k:k + 1] / weight for k in range(1, 6))
     var_f = (ff - mean_f * mean_f).clamp_min(0.0)

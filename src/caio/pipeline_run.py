@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import nibabel as nib
+import numpy as np
 
 from caio.errors import CaioInputError
 from caio.io import Pair, output_names, validate_displacement_file, write_displacement
@@ -113,9 +114,15 @@ def _write_qc(result: PairResult, cfg: PipelineConfig, qc_dir: Path) -> None:
         from caio.qc import write_qc
 
         fixed, moving = load_pair_volumes(result.pair, cfg)
+        labels = None
+        label_path = Path(str(result.pair.fixed).replace("imagesVal", "labelsVal").replace("imagesTs", "labelsTs"))
+        if label_path != result.pair.fixed and label_path.is_file():  # outlines of the fixed labels, if any
+            labels = np.asarray(nib.load(str(label_path)).dataobj)
+            labels = labels if labels.shape == fixed.shape else None
         qc_dir.mkdir(parents=True, exist_ok=True)
         write_qc(torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None],
-                 torch.from_numpy(result.disp)[None], qc_dir, output_names(result.pair)[0][:-len(".nii.gz")])
+                 torch.from_numpy(result.disp)[None], qc_dir, output_names(result.pair)[0][:-len(".nii.gz")],
+                 fixed_labels=labels)
     except Exception as err:
         log.warning("QC of %s not written: %s", result.pair.key, err)
 

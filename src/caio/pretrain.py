@@ -139,7 +139,7 @@ def train(volumes: Sequence[torch.Tensor], cfg: CascadeConfig, steps: int, lr: f
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == end):
             _save_checkpoint(checkpoint, nets, optimizer, step + 1, cfg, seed)
     return nets

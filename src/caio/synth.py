@@ -251,7 +251,7 @@ def make_subject(label_map: np.ndarray, contrasts: Sequence[str], gen: torch.Gen
     canonical = canonical_labels(label_map)
     fit = fit_template_affine(canonical, shape, what=str(source))
     jitter = random_affine(shape, gen, config)
-    affine = fit[:, :3] @ np.vstack([jitter, [0, 0, 0, 1]])[:3]
+    affine = fit[:, :3] @ jitter  # output voxel -> jittered output voxel -> source voxel
     affine[:, 3] += fit[:, 3]
     disp = random_displacement(shape, gen, config.max_disp)
     labels = resample_labels(canonical, sampling_grid(shape, affine, disp))

@@ -177,7 +177,8 @@ def synthesize_image(labels: np.ndarray, contrast: str, gen: torch.Generator,
     image = torch.where(torch.from_numpy(mask), image, torch.zeros(()))[None, None]
 
     voxel = np.broadcast_to(np.asarray(voxel_mm, dtype=np.float64), (3,))
-    image = spatial.gaussian_blur(image, [float(uniform(gen, config.pv_sigma)) / v for v in voxel])
+    pv_sigma = float(uniform(gen, config.pv_sigma))
+    image = spatial.gaussian_blur(image, [pv_sigma / v for v in voxel])
     if float(torch.rand((), generator=gen)) < config.thick_slice_prob:
         axis = int(torch.randint(3, (), generator=gen))
         thickness = max(float(uniform(gen, config.slice_thickness)) / voxel[axis], 1.0)  # in voxels

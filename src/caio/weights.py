@@ -321,9 +321,14 @@ def run(args: argparse.Namespace) -> int:
     weights_dir = args.weights_dir if args.weights_dir is not None else default_weights_dir()
     if args.action == "fetch":
         entries = _select(load_manifest(_manifest_path(weights_dir)), args.names)
-        for entry in entries:
-            print(f"{entry.name}: {fetch(entry.name, weights_dir)}")
-        return 0
+        failed = 0
+        for entry in entries:  # one failure does not stop the others
+            try:
+                print(f"{entry.name}: {fetch(entry.name, weights_dir)}")
+            except CaioInputError as err:
+                failed += 1
+                print(f"{entry.name}: FAILED: {err}")
+        return 1 if failed else 0
     statuses = verify(weights_dir, getattr(args, "names", ()))
     print(f"weights folder: {weights_dir}")
     bad = 0
