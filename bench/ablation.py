@@ -117,10 +117,16 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img.dataobj, dtype=np.float32), img.affine
 
 
-def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int) -> None:
+def _to_255(image: np.ndarray) -> np.ndarray:
+    """Rescale to [0, 255] by the 99.9th percentile of the non-zero voxels (IXI T1 values reach ~5000)."""
+    top = float(np.percentile(image[image > 0], 99.9))
+    return np.clip(image * (255.0 / top), 0, 255).astype(np.float32)
+
+
+def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str]) -> None:
     cases = out / "cases"
     cases.mkdir(parents=True, exist_ok=True)
-    if not (cases / "real1mm.npz").exists():
+    if "real1mm" in parts and not (cases / "real1mm.npz").exists():
         scan = np.load(DATA / "voxelmorph_test_scan" / "test_scan.npz")
         src = DATA / "niivue_freesurfer_subject"
         seg, seg_affine = _load(src / "aparc.a2009s+aseg.mgz")
@@ -135,12 +141,13 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int) -> None:
         print("prepared real1mm", flush=True)
     root = DATA / "nichart_ixi_dlmuse_2mm"
     subjects = sorted(p.name[: -len("_T1.nii.gz")] for p in (root / "T1").glob("*_T1.nii.gz"))
-    for k in range(ixi_pairs):
+    for k in range(ixi_pairs if "ixi" in parts else 0):
         name = f"ixi_{k:02d}"
         if (cases / f"{name}.npz").exists():
             continue
         fixed, fa = _load(root / "T1" / f"{subjects[2 * k]}_T1.nii.gz")
         moving, ma = _load(root / "T1" / f"{subjects[2 * k + 1]}_T1.nii.gz")
+        fixed, moving = _to_255(fixed), _to_255(moving)
         fseg = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k]}_T1_DLMUSE.nii.gz")).dataobj).astype(np.int32)
         mseg0 = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k + 1]}_T1_DLMUSE.nii.gz")).dataobj).astype(np.int32)
         image, mseg = align_case(fixed, fa, moving, ma, mseg0)
@@ -148,15 +155,19 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int) -> None:
         np.savez_compressed(cases / f"{name}.npz", fixed=fixed, moving=image, fixed_seg=fseg, moving_seg=mseg,
                             labels=np.array(labels), mask="labels")
         print("prepared", name, subjects[2 * k], "<-", subjects[2 * k + 1], flush=True)
+    if "pretrain" not in parts:
+        return
     pre = out / "pretrain_volumes"
     pre.mkdir(exist_ok=True)
     first = 2 * ixi_pairs
     ref, ref_affine = _load(root / "T1" / f"{subjects[first]}_T1.nii.gz")
+    ref = _to_255(ref)
     for subject in subjects[first: first + pretrain_subjects]:
         path = pre / f"{subject}.nii.gz"
         if path.exists():
             continue
         moving, ma = _load(root / "T1" / f"{subject}_T1.nii.gz")
+        moving = _to_255(moving)
         image, _ = (ref, None) if subject == subjects[first] else align_case(ref, ref_affine, moving, ma,
                                                                                np.zeros((2, 2, 2), np.int32))
         nib.save(nib.Nifti1Image(image.astype(np.float32), ref_affine), str(path))
@@ -244,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/out/ablation"))
     parser.add_argument("--ixi-pairs", type=int, default=10)
     parser.add_argument("--pretrain-subjects", type=int, default=30)
+    parser.add_argument("--parts", nargs="+", default=["real1mm", "ixi", "pretrain"], help="what 'prepare' makes")
     parser.add_argument("--configs", nargs="+", default=["noio", "io3", "single", "additive"], choices=list(CONFIGS))
     parser.add_argument("--sets", nargs="+", default=["ixi", "real1mm"])
     parser.add_argument("--work-factor", type=int, default=2, help="registration grid = evaluation grid / this")
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "prepare":
         torch.set_num_threads(args.threads)
-        prepare(args.out, args.ixi_pairs, args.pretrain_subjects)
+        prepare(args.out, args.ixi_pairs, args.pretrain_subjects, args.parts)
     elif args.command == "run":
         run(args.out, args.configs, args.sets, args.work_factor, args.init, args.weights, args.seed, args.threads)
     else:

@@ -106,25 +106,35 @@ def prepare_ixi(cache: Path, n_pairs: int) -> list[Path]:
     return cases
 
 
+SYNTH_SHAPE = (96, 112, 96)
+"""Grid of the synthetic pairs (the LUMIR field of view at about 1.7-2 mm, to keep the peers fast)."""
+
+
 def prepare_synth(cache: Path, n_pairs: int) -> list[Path]:
-    """Cross-contrast pairs from :mod:`caio.synth` (T1-like fixed, T2/FLAIR-like moving)."""
+    """Cross-contrast pairs from :mod:`caio.synth`: T1-like fixed <- T2/FLAIR-like moving of another subject.
+
+    Both subjects are placed on the template by :mod:`caio.synth`'s label-centroid affine (plus its
+    random jitter and deformation), so no extra affine is run. Labels are exact.
+    """
     try:
-        from caio import synth  # noqa: F401
+        import torch
+
+        from caio.synth import load_label_map_ras, make_subject
     except ImportError:
         print("synth: caio.synth not available, skipping the cross-contrast set", file=sys.stderr)
         return []
-    make = getattr(synth, "benchmark_pair", None)
-    if make is None:
-        print("synth: caio.synth has no benchmark_pair(); skipping the cross-contrast set", file=sys.stderr)
-        return []
+    maps = sorted((DATA / "synthseg_label_maps").glob("training_seg_*.nii.gz"))
     cases = []
-    for k in range(n_pairs):
-        case = cache / f"synth_{k:02d}"
+    for k in range(min(n_pairs, len(maps) // 2)):
+        contrast = ("t2", "flair")[k % 2]
+        case = cache / f"synth_{k:02d}_t1_{contrast}"
         if not (case / "meta.json").exists():
             case.mkdir(parents=True, exist_ok=True)
-            fixed, moving, fseg, mseg = make(k)
-            for name, arr, dt in (("fixed", fixed, np.float32), ("moving", moving, np.float32),
-                                  ("fixed_seg", fseg, np.int32), ("moving_seg", mseg, np.int32)):
+            gen = torch.Generator().manual_seed(1000 + k)
+            fixed = make_subject(load_label_map_ras(maps[2 * k]), ["t1"], gen, shape=SYNTH_SHAPE)
+            moving = make_subject(load_label_map_ras(maps[2 * k + 1]), [contrast], gen, shape=SYNTH_SHAPE)
+            for name, arr, dt in (("fixed", fixed.images["t1"], np.float32), ("moving", moving.images[contrast], np.float32),
+                                  ("fixed_seg", fixed.labels, np.int32), ("moving_seg", moving.labels, np.int32)):
                 _save(case / f"{name}.nii.gz", np.asarray(arr, dt), np.eye(4))
             (case / "meta.json").write_text(json.dumps({"set": "synth", "mask": "fixed", "contrast": "cross"}))
         cases.append(case)

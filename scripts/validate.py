@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "src"))  # caio.io / caio.spatial for the checks, 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from caio.errors import CaioInputError  # noqa: E402
 from caio.io import Pair, load_pairs, output_names, read_displacement, validate_displacement_file  # noqa: E402
 
 CPU_DEFAULT_BUDGET_S = "300"
@@ -205,9 +206,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
     json_path = args.json or args.data / "LUMIR25_dataset.json"
-    pairs = load_pairs(json_path, args.data)  # fails early (one line) on a broken test set
-    client = docker.from_env(timeout=600)
-    client.ping()
+    try:
+        pairs = load_pairs(json_path, args.data)  # fails early (one line) on a broken test set
+    except CaioInputError as err:
+        raise SystemExit(f"validate: {err}")
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except docker.errors.DockerException as err:
+        raise SystemExit(f"validate: no container engine at DOCKER_HOST={os.environ.get('DOCKER_HOST', '(default)')}: {err}")
     timings = {}
     if not args.no_build:
         timings["build_s"] = build(client, args.tag, args.base_image)

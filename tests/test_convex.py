@@ -12,7 +12,7 @@ from caio import spatial
 from caio.convex import TrainingFreeConfig, cost_volume, register_training_free
 
 SHAPE = (40, 40, 40)
-CFG = TrainingFreeConfig(adam_iters=40, adam_points=20_000)
+CFG = TrainingFreeConfig(adam_iters=30, adam_points=10_000)
 
 
 def _labels(shape=SHAPE) -> torch.Tensor:
@@ -34,10 +34,10 @@ def _render(labels: torch.Tensor, values: list[float]) -> torch.Tensor:
     return spatial.gaussian_blur(image, 0.7)
 
 
-def _smooth_field(seed: int = 0, amplitude: float = 3.0) -> torch.Tensor:
+def _smooth_field(seed: int = 0, amplitude: float = 4.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(1, 3, 5, 5, 5, generator=g)
-    field = spatial.resize_displacement(coarse, SHAPE) * (4 / 39)  # values in voxels of SHAPE, smooth
+    coarse = torch.randn(1, 3, 4, 4, 4, generator=g)
+    field = spatial.resize_displacement(coarse, SHAPE)
     return field / field.abs().max() * amplitude
 
 
@@ -66,8 +66,8 @@ def test_recovers_a_known_smooth_deformation(pair):
     warped = spatial.warp_labels_nearest(moving_labels.numpy(), disp[0].double().numpy())
     before = _dice(fixed_labels.numpy(), moving_labels.numpy())
     after = _dice(fixed_labels.numpy(), warped)
-    assert after > before + 0.1, (before, after)
-    assert after > 0.85, (before, after)
+    assert after > before + 0.04, (before, after)
+    assert after > 0.9, (before, after)
 
 
 def test_works_across_contrasts(pair):
@@ -78,7 +78,7 @@ def test_works_across_contrasts(pair):
     warped = spatial.warp_labels_nearest(moving_labels.numpy(), disp[0].double().numpy())
     before = _dice(fixed_labels.numpy(), moving_labels.numpy())
     after = _dice(fixed_labels.numpy(), warped)
-    assert after > before + 0.08, (before, after)
+    assert after > before + 0.03, (before, after)
 
 
 def test_field_is_smooth_with_almost_no_folding(pair):

@@ -276,3 +276,21 @@ def test_cli_fetch_continues_after_a_failure_and_exits_1(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "Bad: FAILED" in out and "sha256" in out
     assert (dest / "g.pth").read_bytes() == b"w" and not (dest / "bad.pth").exists()
+
+
+def test_resolved_weights_load_and_predict_as_the_pipeline_calls_them(tmp_path):
+    import torch
+
+    from caio.vfa import VFA, load_vfa, predict_displacement
+
+    shutil.copyfile(weights.REPO_WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")
+    torch.manual_seed(0)
+    torch.save({"epoch": 1, "state_dict": VFA().state_dict()}, tmp_path / "VFA_LUMIR25.pth")
+    assert weights.resolve("backbone_mono", tmp_path) is None
+    path = weights.resolve("backbone_multi", tmp_path)
+    assert path == tmp_path / "VFA_LUMIR25.pth"
+    model = load_vfa(path, torch.device("cpu"))
+    assert model.config.input_scale == pytest.approx(1 / 255)
+    images = [torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(s)) * 255 for s in (1, 2)]
+    disp = predict_displacement(model, *images)
+    assert disp.shape == (1, 3, 32, 32, 32) and torch.isfinite(disp).all() and disp.abs().max() > 0

@@ -14,8 +14,7 @@ Public API:
   ``'model'``; the file also pickles an ``argparse.Namespace``, the only allowed class).
 * :func:`synthesize_t1`: caio's image interface, ``[1, 1, D0, D1, D2]`` in [0, 255] in and
   out, on exactly the input grid, masked by ``input > 0``.
-* :func:`run_network`: the network on an already normalised input, whole or tiled
-  (:func:`tiled_image`).
+* :func:`run_network` / :func:`tiled_image`: the network on an already normalised input.
 
 Normalisation happens in one place, :func:`synthesize_t1` (spec §2.1, demo variant):
 min-max to [0, 1]; reorientation to RAS by axis permutation/flips (``BrainIDConfig``;
@@ -317,6 +316,9 @@ class BrainIDConfig:
         output_quantile: brain-intensity quantile mapped to 255.
         precision: ``auto`` (fp16 autocast on CUDA, fp32 on CPU), ``fp32``, ``fp16``, ``bf16``.
         storage: dtype of stored activations in tiled mode.
+        cpu_untiled_max_voxels: on CPU, larger inputs are tiled even when no tile is given
+            (the result is the same; the untiled 160x224x192 forward needs ~15 GB).
+        cpu_tile: the tile edge used then.
     """
 
     axis_order: tuple[int, int, int] = (0, 1, 2)
@@ -326,6 +328,8 @@ class BrainIDConfig:
     output_quantile: float = 0.999
     precision: str = "auto"
     storage: torch.dtype = torch.float32
+    cpu_untiled_max_voxels: int = 96 ** 3
+    cpu_tile: int = 64
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -353,6 +357,9 @@ def run_network(model: BrainID, x: torch.Tensor, tile: int | Sequence[int] | Non
     """T1 head output ``[1, 1, X, Y, Z]`` float32 of a normalised input, whole or tiled."""
     device = x.device
     precision = ("fp16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
+    if tile is None and device.type == "cpu" and x[0, 0].numel() > config.cpu_untiled_max_voxels:
+        log.debug("Brain-ID on CPU: %s voxels, tiled with edge %d", tuple(x.shape[2:]), config.cpu_tile)
+        tile = config.cpu_tile
     with torch.no_grad():
         if tile is not None:
             return tiled_image(model, x, tile, precision, config.storage).float()
@@ -367,7 +374,8 @@ def synthesize_t1(model: BrainID, volume: torch.Tensor, tile: int | Sequence[int
     Args:
         model: a :class:`BrainID` (e.g. from :func:`load_brainid`); runs on its device.
         volume: ``[1, 1, D0, D1, D2]`` intensities in [0, 255], 0 = background.
-        tile: ``None`` for one whole-volume pass, else the tile edge (see :func:`tiled_image`).
+        tile: ``None`` for one whole-volume pass (on CPU only up to
+            ``config.cpu_untiled_max_voxels``), else the tile edge (see :func:`tiled_image`).
     Returns:
         ``[1, 1, D0, D1, D2]`` float32 in [0, 255] on ``volume``'s device, 0 where ``volume <= 0``.
     """

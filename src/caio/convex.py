@@ -208,6 +208,26 @@ def _diffusion(disp: torch.Tensor) -> torch.Tensor:
     return (d0 ** 2).mean() + (d1 ** 2).mean() + (d2 ** 2).mean()
 
 
+class _Adam:
+    """Plain Adam (Kingma & Ba) on one tensor; avoids ``torch.optim``'s lazy imports (seconds)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        g = self.param.grad
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (self.v / (1 - b2 ** self.t)).sqrt_().add_(self.eps)
+        self.param.addcdiv_(self.m, denom, value=-self.lr / (1 - b1 ** self.t))
+
+
 def _foreground_indices(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     """Flat indices of voxels where either image is non-zero, dilated by 2 voxels (all if none)."""
     fg = ((fixed > 0) | (moving > 0)).float()
@@ -240,7 +260,7 @@ def adam_refine(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, init: torch
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     n_points = min(cfg.adam_points, sample_from.numel())
     param = init.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([param], lr=cfg.adam_lr)
+    adam = _Adam(param, cfg.adam_lr)
     for it in range(cfg.adam_iters):
         if _past(deadline):
             log.info("training-free: deadline reached after %d Adam iterations", it)
@@ -252,9 +272,9 @@ def adam_refine(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, init: torch
         warped = spatial.sample(moving_feat, moved).view(moving_feat.shape[1], -1)
         sim = ((warped - fixed_flat[:, pick]) ** 2).mean()
         loss = sim + cfg.diffusion_weight * _diffusion(param)
-        opt.zero_grad(set_to_none=True)
+        param.grad = None
         loss.backward()
-        opt.step()
+        adam.step()
     with torch.no_grad():
         return spatial.gaussian_blur(param, cfg.adam_sigma) if cfg.adam_sigma > 0 else param.detach()
 

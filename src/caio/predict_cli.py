@@ -230,7 +230,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"caio predict: {summary.line()}", flush=True)
     if args.report is not None:
         report = summary.to_json()
-        report.update(layout={k: str(v) for k, v in vars(layout).items()}, shard=shard,
+        import torch
+
+        import caio
+
+        report.update(caio_version=caio.__version__, torch_version=torch.__version__,
+                      layout={k: str(v) for k, v in vars(layout).items()}, shard=shard,
                       config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()})
         write_json_atomic(args.report, report)
     if summary.exit_code:

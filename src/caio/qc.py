@@ -207,7 +207,9 @@ def write_qc(fixed: np.ndarray | torch.Tensor, moving: np.ndarray | torch.Tensor
 
     worst = np.unravel_index(int(np.argmin(np.where(brain, jac, np.inf))), shape) if folds.any() else centre
     fig, grid = _new_figure(2, widths, height, f"{name}: deformation; J<=0 in {fold_pct:.3f}% of the fixed brain, "
-                                               f"J in [{jac[brain].min():.2f}, {jac[brain].max():.2f}]" if brain.any()
+                                               f"J in [{jac[brain].min():.2f}, {jac[brain].max():.2f}]\n"
+                                               "log J: blue = shrinking, red = growing (range -1..1); "
+                                               "lime x = folding voxel (J <= 0)" if brain.any()
                             else f"{name}: deformation (empty fixed brain mask)")
     log_jac = np.log(np.clip(jac, 1e-3, None))
     for col, (plane, axis) in enumerate(PLANES):
@@ -256,6 +258,5 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CaioInputError(f"{out}: output path exists and is not a folder")
-    for path in write_qc(fixed, moving, disp, out, name, fixed_labels=labels):
-        print(path)
+    write_qc(fixed, moving, disp, out, name, fixed_labels=labels)  # logs the written paths
     return 0

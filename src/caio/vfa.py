@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 
 from caio import spatial
 from caio.checkpoints import extract_state_dict, load_checkpoint, load_into
-from caio.errors import CaioInputError
 from caio.vfa_blocks import FeatureNet, NeighbourhoodAttention, conv3
 
 log = logging.getLogger(__name__)
@@ -263,8 +262,3 @@ def predict_displacement(model: VFA, fixed: torch.Tensor, moving: torch.Tensor, 
         disp = grid - spatial.identity_grid(shape, grid.device, grid.dtype)
     return disp.clone()
 
-
-def with_input_scale(model: VFA, input_scale: float) -> VFA:
-    """Set the input scale of a loaded model (returns the same model)."""
-    model.config = replace(model.config, input_scale=float(input_scale))
-    return model
