@@ -7,12 +7,6 @@
 # official PyTorch CUDA runtime image; CI builds with a local CPU stand-in (BASE_IMAGE=...).
 ARG BASE_IMAGE=pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 
-# Stage 1: weights/ may be absent in a fresh clone (git keeps no empty folder), and COPY fails
-# on a missing source; this stage always has /ctx/weights, empty or not.
-FROM ${BASE_IMAGE} AS context
-COPY . /ctx
-RUN mkdir -p /ctx/weights
-
 FROM ${BASE_IMAGE}
 # 1 = fail the build unless every required weight file is present and verified.
 ARG REQUIRE_WEIGHTS=0
@@ -40,7 +34,8 @@ RUN set -eu; cd /tmp/caio-src; touch README.md; \
     cd /; rm -rf /tmp/caio-src; \
     python -c "import caio.pipeline, caio.predict_cli, torch; print('caio ready, torch', torch.__version__)"
 
-COPY --from=context /ctx/weights /app/weights
+# weights/ always exists (weights/manifest.json is tracked); the checkpoints beside it are optional.
+COPY weights/ /app/weights/
 COPY predict.py /app/predict.py
 RUN set -eu; \
     if [ "$REQUIRE_WEIGHTS" = "1" ]; then caio weights --weights-dir /app/weights verify; fi; \

@@ -150,8 +150,11 @@ def test_synthesize_t1_tiled_matches_untiled_on_small_volume(small_model):
     whole = synthesize_t1(small_model, volume)
     tiled = synthesize_t1(small_model, volume, tile=(16, 20, 16))
     np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=0.05)  # [0, 255] units
-    half = synthesize_t1(small_model, volume, tile=(16, 20, 16), config=BrainIDConfig(storage=torch.float16))
+    # no tile given, but above cpu_untiled_max_voxels: tiled automatically (here with fp16 storage)
+    auto = BrainIDConfig(storage=torch.float16, cpu_untiled_max_voxels=16 ** 3, cpu_tile=16)
+    half = synthesize_t1(small_model, volume, config=auto)
     err = (half - whole).abs()[volume > 0]
+    assert float(err.max()) > 0  # the fp16-stored tiled path ran
     assert float(err.max()) < 8.0 and float(err.mean()) < 0.5  # ~1e-3 relative per stored layer
 
 

@@ -191,6 +191,8 @@ def test_cli_list_and_verify_report_status_and_exit_codes(tmp_path, capsys):
     assert caio_main(["weights", "--weights-dir", str(tmp_path), "verify"]) == 1  # B still missing
     assert caio_main(["weights", "--weights-dir", str(tmp_path), "verify", "C"]) == 2
     assert "unknown weights 'C'" in capsys.readouterr().err
+    # the Dockerfile's spelling: option after the action
+    assert caio_main(["weights", "verify", "A", "--weights-dir", str(tmp_path)]) == 0
 
 
 def test_cli_verify_loads_vfa_checkpoints_strictly(tmp_path, capsys):

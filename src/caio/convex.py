@@ -79,11 +79,11 @@ class TrainingFreeConfig:
     convex_sigma: float = 1.0
     consistency_iters: int = 8
     adam_factor: int = 2
-    adam_iters: int = 80
+    adam_iters: int = 100
     adam_lr: float = 1.0
-    diffusion_weight: float = 1.0
+    diffusion_weight: float = 0.1
     adam_sigma: float = 1.0
-    adam_points: int = 100_000
+    adam_points: int = 30_000
     seed: int = 0
     low_memory: bool = False
 

@@ -304,15 +304,17 @@ def _select(entries: list[WeightEntry], names: Sequence[str]) -> list[WeightEntr
 
 # ---------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``caio weights {list,fetch,verify}``."""
-    parser.add_argument("--weights-dir", type=Path, default=None,
-                        help="weights folder (default: $CAIO_WEIGHTS, else the repository's weights/)")
+    """``caio weights [--weights-dir DIR] {list,fetch,verify} [--weights-dir DIR]``."""
+    help_dir = "weights folder (default: $CAIO_WEIGHTS, else the repository's weights/)"
+    parser.add_argument("--weights-dir", type=Path, default=None, help=help_dir)
+    common = argparse.ArgumentParser(add_help=False)  # also accepted after the action
+    common.add_argument("--weights-dir", type=Path, default=argparse.SUPPRESS, help=help_dir)
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="manifest entries with present/missing/hash status")
-    p = sub.add_parser("fetch", help="download weights (all, or the named ones); needs gdown")
+    sub.add_parser("list", parents=[common], help="manifest entries with present/missing/hash status")
+    p = sub.add_parser("fetch", parents=[common], help="download weights (all, or the named ones); needs gdown")
     p.add_argument("names", nargs="*", metavar="NAME")
-    p = sub.add_parser("verify", help="exit 1 unless every (named) weights file is present, matches its hash"
-                                      " and loads into its network")
+    p = sub.add_parser("verify", parents=[common], help="exit 1 unless every (named) weights file is present,"
+                                                         " matches its hash and loads into its network")
     p.add_argument("names", nargs="*", metavar="NAME")
     p.add_argument("--no-load", action="store_true", help="only check presence and hashes")
 
