@@ -8,11 +8,12 @@ Run in the peer environment made by ``bench/setup_peers.sh`` (from the repositor
 Sets (``shared/specs/data_and_peers.md``; ``../shared/data`` beside the checkout):
 
 * ``real1mm``: voxelmorph test scan (fixed, 160x192x224) <- niivue FreeSurfer ``norm.mgz`` (moving),
-  Dice over the aseg labels present in both maps (Destrieux cortex mapped to 3/42).
+  Dice over the 28 aseg labels of data_and_peers.md pair B (Destrieux cortex mapped to 3/42).
 * ``ixi``: NiChart IXI T1 2 mm full-head pairs (subject 2k fixed, 2k+1 moving), DLMUSE labels.
-* ``synth``: T2/FLAIR-like moving -> T1-like fixed made by :mod:`caio.synth` (skipped if absent).
+* ``synth``: T2/FLAIR-like moving -> T1-like fixed made by :mod:`caio.synth` from two SynthSeg label
+  maps on a 96x112x96 grid (skipped if :mod:`caio.synth` is absent).
 
-Every moving image and label map is first aligned to the fixed one with one ANTs affine and
+Every real moving image and label map is first aligned to the fixed one with one ANTs affine and
 resampled onto the fixed grid; all methods get these same inputs. Each method runs in its own
 subprocess (2 threads) so that its peak RSS (``ru_maxrss``, includes the Python/library baseline)
 is its own. Time = registration only (no I/O). Each tool's transform is turned into a voxel

@@ -253,6 +253,11 @@ def write_report(out: Path, pairs, sweep, chosen, default: GateConfig, seconds: 
         f"* All {len(pairs)} pairs (including non-T1 same-contrast pairs): {wrong} misclassified "
         f"({100 * wrong / len(pairs):.1f} %); cross-contrast pairs called same: {fn} / {int(labels.sum())}.",
         f"* CPU time {cpu:.3f} s per full-size pair (1 thread, process time).", "",
+        "Reading: T1-T1 and T1-vs-T2/PD pairs separate cleanly at every setting. T1-vs-FLAIR pairs do not: "
+        "CSF is dark in both, so the local correlation is positive wherever CSF/tissue edges dominate a "
+        "window, and only the GM/WM inversion disagrees. Same-contrast pairs of two non-T1 images (low GM/WM "
+        "contrast in synthetic FLAIR/PD) can fall below the threshold; LUMIR has no such pairs. Where the "
+        "modality codes of a pair differ, force the decision instead of trusting the score.", "",
         "## Score per pair group (defaults)", "",
         "| group | kind | n | min | median | max | misclassified |", "|---|---|---:|---:|---:|---:|---:|"]
     groups = sorted({p[0] for p in pairs}, key=lambda g: (any(p[3] for p in pairs if p[0] == g), g))

@@ -66,8 +66,8 @@ def test_recovers_a_known_smooth_deformation(pair):
     warped = spatial.warp_labels_nearest(moving_labels.numpy(), disp[0].double().numpy())
     before = _dice(fixed_labels.numpy(), moving_labels.numpy())
     after = _dice(fixed_labels.numpy(), warped)
-    assert after > before + 0.04, (before, after)
-    assert after > 0.9, (before, after)
+    assert after > before + 0.07, (before, after)  # measured: 0.85 -> 0.95
+    assert after > 0.93, (before, after)
 
 
 def test_works_across_contrasts(pair):
@@ -78,7 +78,8 @@ def test_works_across_contrasts(pair):
     warped = spatial.warp_labels_nearest(moving_labels.numpy(), disp[0].double().numpy())
     before = _dice(fixed_labels.numpy(), moving_labels.numpy())
     after = _dice(fixed_labels.numpy(), warped)
-    assert after > before + 0.03, (before, after)
+    assert after > before + 0.07, (before, after)  # measured: 0.85 -> 0.96
+    assert after > 0.93, (before, after)
 
 
 def test_field_is_smooth_with_almost_no_folding(pair):

@@ -76,3 +76,13 @@ def test_mind_distinguishes_different_anatomy():
     same = ((mind_ssc(1.7 * a) - ma) ** 2).mean()
     shifted = ((mb - ma) ** 2).mean()
     assert float(shifted) > 10 * float(same) + 1e-4
+
+
+def test_separable_box_mean_equals_the_3d_box_filter():
+    import torch.nn.functional as F
+
+    from caio.features import box_mean
+
+    x = torch.rand(1, 2, 9, 10, 11, generator=torch.Generator().manual_seed(0))
+    reference = F.avg_pool3d(F.pad(x, [2] * 6, mode="replicate"), 5, stride=1)
+    assert torch.allclose(box_mean(x, 2), reference, atol=1e-5)

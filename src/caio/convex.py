@@ -5,17 +5,20 @@ its only similarity is the sum of squared differences of MIND-SSC descriptors
 (:mod:`caio.features`). The method follows the ConvexAdam idea (Siebert, Hansen & Heinrich
 2021) and is implemented from that description:
 
-1. **Features.** MIND-SSC of both images at full resolution, pooled (Gaussian + trilinear,
-   :func:`caio.spatial.resize_image`) to the Adam grid (image / ``adam_factor``) and the
-   search grid (image / ``search_factor``).
+1. **Features.** MIND-SSC of both images at full resolution; for the search they are
+   box-filtered and resampled (:func:`caio.spatial.resize_image`) onto the search grid
+   (image / ``search_factor``).
 2. **Discrete search** on the search grid. A cost volume holds, for every voxel and every
    integer displacement within ``+-search_radius`` search-grid voxels, the feature SSD
    averaged over a small box. The coupled convex optimisation alternates (a) a Gaussian
    smoothing of the current field and (b) a per-voxel argmin of ``cost + coupling * |d - smooth|^2``
    with increasing coupling. This is done forward (fixed -> moving) and backward, and the two
    fields are made inverse-consistent.
-3. **Instance optimisation** with Adam of a displacement grid on the Adam grid: feature SSD
-   plus a diffusion penalty, the field lightly smoothed before every warp.
+3. **Instance optimisation** with Adam of a displacement grid on the Adam grid (image /
+   ``adam_factor``), initialised with the search result: every iteration compares the
+   full-resolution fixed features with the moving features at the displaced positions on a
+   seeded random subset of foreground voxels (stochastic, so the cost does not grow with the
+   image size), plus a diffusion penalty on the grid; the result is Gaussian-smoothed.
 4. The result is upsampled to the image grid with :func:`caio.spatial.resize_displacement`.
 
 All coordinate work uses :mod:`caio.spatial` (displacements in voxels, channel ``c`` along
@@ -33,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from caio import spatial
-from caio.features import mind_ssc
+from caio.features import box_mean, mind_ssc
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +98,7 @@ def _coarse_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
 
 def _pool_to(features: torch.Tensor, shape: Sequence[int], factor: int) -> torch.Tensor:
     """Box-prefilter (side ``factor + 1``, odd) then resample onto the coarse ``shape`` (align_corners)."""
-    k = factor + 1 if factor % 2 == 0 else factor
-    pooled = F.avg_pool3d(F.pad(features, [k // 2] * 6, mode="replicate"), k, stride=1) if k > 1 else features
+    pooled = box_mean(features, factor // 2 if factor % 2 == 0 else (factor - 1) // 2)
     return spatial.resize_image(pooled, shape, antialias=False)
 
 
@@ -127,9 +129,7 @@ def cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, radius: int
         s = [slice(radius + oi, radius + oi + n) for oi, n in zip(o, shape)]
         costs.append(((fixed_feat - padded[:, :, s[0], s[1], s[2]]) ** 2).mean(dim=1))
     cost = torch.cat(costs, dim=0)[None]
-    if box > 0:
-        cost = F.avg_pool3d(F.pad(cost, [box] * 6, mode="replicate"), 2 * box + 1, stride=1)
-    return cost[0]
+    return box_mean(cost, box)[0]
 
 
 def _argmin_coupled(cost: torch.Tensor, cands: torch.Tensor, prior: torch.Tensor | None, weight: float,
