@@ -166,6 +166,15 @@ def test_cross_contrast_without_brainid_uses_mind_features(tmp_path, monkeypatch
     assert calls.mind == 2 and calls.cascade[0]["fixed_sim"].shape[1] == 12
 
 
+def test_different_modality_codes_make_a_pair_cross_contrast_whatever_the_score(tmp_path, monkeypatch):
+    calls = doubles.install(monkeypatch, cross=False)  # the gate score alone would say "same contrast"
+    pairs = _pairs(tmp_path, [("0002_0000", "0001_0001"), ("0003_0000", "0002_0000")])
+    results = run(pairs, tmp_path / "out", CFG).results
+    assert calls.gate == [True, None]
+    assert results[0].cross_contrast is True and results[0].gate_forced
+    assert results[1].cross_contrast is False and not results[1].gate_forced
+
+
 def test_gate_can_be_forced_off(tmp_path, monkeypatch):
     calls = doubles.install(monkeypatch, cross=True)
     pairs = _pairs(tmp_path, [("0002_0000", "0001_0001")])

@@ -60,15 +60,18 @@ def _with_fields(config: Any, **values: Any) -> Any:
 
 
 def _gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: PipelineConfig) -> tuple[float | None, bool, bool]:
-    """(score, cross_contrast, forced)."""
+    """(score, cross_contrast, forced).
+
+    ``cfg.gate`` (``--gate on/off``) forces the decision. Otherwise a pair whose modality codes
+    differ (e.g. ``0000`` <- ``0001``) is cross-contrast whatever the score: the calibration
+    (notes/gate_calibration.md) shows T1-vs-FLAIR scores overlapping T1-T1 ones, so the score
+    alone decides only same-code pairs.
+    """
+    from caio.gate import GateConfig, decide
+
+    force = cfg.gate if cfg.gate is not None else (True if pair.is_cross_contrast else None)
     try:
-        from caio.gate import GateConfig, decide
-    except ImportError as err:
-        cross = pair.is_cross_contrast if cfg.gate is None else cfg.gate
-        _warn_once("gate", "caio.gate unavailable (%s): cross-contrast decided by the modality codes", err)
-        return None, cross, cfg.gate is not None
-    try:
-        decision = decide(fixed, moving, GateConfig(), force=cfg.gate)
+        decision = decide(fixed, moving, GateConfig(), force=force)
     except Exception as err:
         if _is_oom(err):
             raise
