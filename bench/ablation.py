@@ -236,16 +236,21 @@ def run(out: Path, configs: list[str], sets: list[str], work_factor: int, init: 
 
 
 def table(out: Path) -> str:
+    """Mean per (set, config, init) and, paired on the same cases, the Dice difference to ``io3``."""
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    lines = ["| set | config | init | pairs | Dice | HD95 (vox) | NDV % | IO steps | IO time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    by_key = {(r["case"], r["config"], r["init"]): r for r in rows}
+    lines = ["| set | config | init | pairs | Dice | HD95 (vox) | NDV % | IO steps | IO time (s) | Dice - io3 (same pairs) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["case"].split("_")[0], r["config"], r["init"]) for r in rows},
                   key=lambda k: (k[0], list(CONFIGS).index(k[1]), k[2]))
     for set_name, config, init in keys:
         sel = [r for r in rows if r["case"].split("_")[0] == set_name and r["config"] == config and r["init"] == init]
         mean = lambda key: float(np.mean([r[key] for r in sel]))  # noqa: E731
+        paired = [r["dice"] - by_key[(r["case"], "io3", init)]["dice"] for r in sel
+                  if (r["case"], "io3", init) in by_key]
+        delta = f"{np.mean(paired):+.4f} (n={len(paired)})" if paired and config != "io3" else ""
         lines.append(f"| {set_name} | {config} | {init} | {len(sel)} | {mean('dice'):.4f} | {mean('hd95'):.2f} | "
-                     f"{mean('ndv'):.3f} | {mean('steps'):.0f} | {mean('seconds'):.1f} |")
+                     f"{mean('ndv'):.3f} | {mean('steps'):.0f} | {mean('seconds'):.1f} | {delta} |")
     return "\n".join(lines)
 
 

@@ -52,18 +52,26 @@ def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
 
 
+def _to_0_255(image: np.ndarray) -> np.ndarray:
+    """Images above 255 (e.g. raw IXI T1, up to ~4500) are scaled so their 99.9th percentile is 255, then clipped."""
+    image = np.asarray(image, np.float32)
+    if image.max() > 255:
+        image = image * (255.0 / np.percentile(image[image > 0], 99.9))
+    return np.clip(image, 0, 255).astype(np.float32)
+
+
 def _affine_align(case: Path, fixed: np.ndarray, moving_path: Path, moving_seg_path: Path, affine: np.ndarray) -> None:
-    """Write fixed/moving images and label maps of one case on the fixed grid (moving affinely aligned)."""
+    """Write fixed/moving images ([0, 255]) and label maps of one case on the fixed grid (moving affinely aligned)."""
     import ants
 
-    _save(case / "fixed.nii.gz", fixed.astype(np.float32), affine)
+    _save(case / "fixed.nii.gz", _to_0_255(fixed), affine)
     f = ants.image_read(str(case / "fixed.nii.gz"))
     m = ants.image_read(str(moving_path))
     ms = ants.image_read(str(moving_seg_path))
     reg = ants.registration(f, m, type_of_transform="Affine")
     mw = ants.apply_transforms(f, m, reg["fwdtransforms"], interpolator="linear")
     sw = ants.apply_transforms(f, ms, reg["fwdtransforms"], interpolator="nearestNeighbor")
-    _save(case / "moving.nii.gz", np.clip(mw.numpy(), 0, 255).astype(np.float32), affine)
+    _save(case / "moving.nii.gz", _to_0_255(mw.numpy()), affine)
     _save(case / "moving_seg.nii.gz", np.round(sw.numpy()).astype(np.int32), affine)
 
 
@@ -145,9 +153,10 @@ def prepare_synth(cache: Path, n_pairs: int) -> list[Path]:
 # ------------------------------------------------------------------ methods (run inside a worker)
 
 def _coordinate_images(tmp: Path, shape, affine) -> list[Path]:
+    """Files holding ``index along axis c + 1`` (so that a tool's out-of-volume fill value 0 maps outside)."""
     paths = []
     for c in range(3):
-        idx = np.broadcast_to(np.arange(shape[c], dtype=np.float32).reshape([-1 if a == c else 1 for a in range(3)]),
+        idx = np.broadcast_to(np.arange(1, shape[c] + 1, dtype=np.float32).reshape([-1 if a == c else 1 for a in range(3)]),
                               shape)
         paths.append(tmp / f"coord{c}.nii.gz")
         _save(paths[-1], np.ascontiguousarray(idx), affine)
@@ -157,7 +166,7 @@ def _coordinate_images(tmp: Path, shape, affine) -> list[Path]:
 def _disp_from_coords(warped: list[np.ndarray]) -> np.ndarray:
     from caio.spatial import identity_grid_np
 
-    return np.stack(warped).astype(np.float64) - identity_grid_np(warped[0].shape)
+    return np.stack(warped).astype(np.float64) - 1.0 - identity_grid_np(warped[0].shape)
 
 
 def run_caio(case: Path, cross: bool, threads: int, cascade: bool) -> tuple[float, np.ndarray]:

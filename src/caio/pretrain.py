@@ -169,10 +169,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = CascadeConfig()
     if args.stage_factors:
+        n = len(args.stage_factors)  # coarse stages at scale 1, the finest at the default's finest scale
         cfg = dataclasses.replace(cfg, stage_factors=tuple(args.stage_factors),
-                                  residual_scales=cfg.residual_scales[-len(args.stage_factors):]
-                                  if len(args.stage_factors) <= len(cfg.residual_scales)
-                                  else (1.0,) * (len(args.stage_factors) - 1) + (cfg.residual_scales[-1],))
+                                  residual_scales=(1.0,) * (n - 1) + (cfg.residual_scales[-1],))
     paths = find_volumes(args.data, None if args.modality == "all" else args.modality)
     volumes = [v.to(args.device) for v in load_volumes(paths, args.shape)]
     log.info("pretrain: %d volumes %s from %s", len(volumes), tuple(volumes[0].shape[2:]), args.data)
