@@ -21,11 +21,10 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 
 # Runtime dependencies first (this layer is cached until pyproject.toml changes). torch comes
-# from the base image (pyproject's range accepts it, so pip leaves it alone). surfa is skipped:
-# it is an sdist that needs a C compiler (absent from runtime images) and the pipeline does not use it.
+# from the base image (pyproject's range accepts it, so pip leaves it alone).
 COPY pyproject.toml /tmp/caio-src/pyproject.toml
 RUN set -eu; cd /tmp/caio-src; \
-    deps=$(python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(' '.join(repr(x) for x in d if not x.startswith('surfa')))"); \
+    deps=$(python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(' '.join(repr(x) for x in d))"); \
     eval "python -m pip install $deps"
 # The package itself (no -e: the source folder is removed afterwards).
 COPY src /tmp/caio-src/src
