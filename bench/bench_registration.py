@@ -180,14 +180,15 @@ def run_caio(case: Path, cross: bool, threads: int, cascade: bool) -> tuple[floa
     t0 = time.perf_counter()
     disp = register_training_free(f, m, TrainingFreeConfig())
     if cascade:
-        from caio.cascade import CascadeConfig, refine
+        from caio.cascade import refine
+        from caio.pipeline_stages import cascade_config_for
 
         fsim = msim = None
         if cross:
             from caio.features import mind_ssc
 
             fsim, msim = mind_ssc(f), mind_ssc(m)
-        disp, _ = refine(f, m, disp, CascadeConfig(), fixed_sim=fsim, moving_sim=msim)
+        disp, _ = refine(f, m, disp, cascade_config_for(torch.device("cpu")), fixed_sim=fsim, moving_sim=msim)
     return time.perf_counter() - t0, disp[0].detach().double().numpy()
 
 

@@ -80,6 +80,10 @@ def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: b
     class CascadeConfig:
         steps: int = 50
 
+        @classmethod
+        def for_cpu(cls):
+            return cls()
+
     @dataclass(frozen=True)
     class RefineReport:
         steps: tuple

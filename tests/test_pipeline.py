@@ -281,3 +281,22 @@ def test_cascade_initial_weights_are_passed_and_a_broken_file_is_ignored(tmp_pat
     result = run(pairs, tmp_path / "out", cfg).results[0]
     assert result.status == "ok" and result.path == "training-free+cascade"
     assert [c["init_state"] for c in calls.cascade] == [weights / pipeline.CASCADE_INIT_NAME, None]
+
+
+def test_cascade_runs_coarser_stages_on_cpu_than_on_cuda():
+    from caio.cascade import CascadeConfig
+    from caio.pipeline_stages import cascade_config_for
+
+    cpu, cuda = cascade_config_for(torch.device("cpu")), cascade_config_for(torch.device("cuda"), steps=7)
+    assert cuda.stage_factors == CascadeConfig().stage_factors and cuda.steps == 7
+    assert cpu.stage_factors == CascadeConfig.for_cpu().stage_factors
+    assert all(c > g for c, g in zip(cpu.stage_factors, cuda.stage_factors))
+    assert cpu.steps == CascadeConfig().steps
+
+
+def test_budget_defaults_to_a_minute_on_gpu_and_five_on_cpu_unless_given():
+    from caio.pipeline import budget_for
+
+    assert budget_for(PipelineConfig(), torch.device("cuda")) == 60.0
+    assert budget_for(PipelineConfig(), torch.device("cpu")) == 300.0
+    assert budget_for(PipelineConfig(budget_s=12.5), torch.device("cpu")) == 12.5

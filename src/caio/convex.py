@@ -48,6 +48,9 @@ class TrainingFreeConfig:
     Attributes:
         mind_radius: MIND patch half-width, in image voxels (patch side ``2 r + 1``).
         mind_dilation: distance of the compared MIND neighbours, in image voxels.
+        feature_factor: MIND-SSC is computed on a grid this many times coarser than the image
+            (the image is anti-aliased and resampled first; radius and dilation are then in
+            feature-grid voxels, the dilation divided by this factor); 1: full resolution.
         search_factor: the discrete search runs on a grid ``search_factor`` times coarser
             than the image (search-grid voxel = about ``search_factor`` image voxels).
         search_radius: largest displacement tried per axis, in search-grid voxels; the number
@@ -75,6 +78,7 @@ class TrainingFreeConfig:
 
     mind_radius: int = 1
     mind_dilation: int = 2
+    feature_factor: int = 1
     search_factor: int = 4
     search_radius: int = 3
     cost_box: int = 1
@@ -82,11 +86,11 @@ class TrainingFreeConfig:
     convex_sigma: float = 1.0
     consistency_iters: int = 8
     adam_factor: int = 2
-    adam_iters: int = 100
+    adam_iters: int = 50
     adam_lr: float = 1.0
     diffusion_weight: float = 0.1
     adam_sigma: float = 1.0
-    adam_points: int = 30_000
+    adam_points: int = 60_000
     seed: int = 0
     low_memory: bool = False
 
@@ -312,11 +316,16 @@ def register_training_free(fixed: torch.Tensor, moving: torch.Tensor, cfg: Train
     t0 = time.monotonic()
     with torch.no_grad():
         fixed_d, moving_d = fixed.to(device, torch.float32), moving.to(device, torch.float32)
-        mind_f = mind_ssc(fixed_d, cfg.mind_radius, cfg.mind_dilation)
-        mind_m = mind_ssc(moving_d, cfg.mind_radius, cfg.mind_dilation)
+        if cfg.feature_factor > 1:
+            feature_shape = _coarse_shape(shape, cfg.feature_factor)
+            fixed_d, moving_d = (spatial.resize_image(x, feature_shape) for x in (fixed_d, moving_d))
+        dilation = max(1, cfg.mind_dilation // cfg.feature_factor)
+        mind_f = mind_ssc(fixed_d, cfg.mind_radius, dilation)
+        mind_m = mind_ssc(moving_d, cfg.mind_radius, dilation)
         search_shape = _coarse_shape(shape, cfg.search_factor)
-        coarse_f = _pool_to(mind_f, search_shape, cfg.search_factor)
-        coarse_m = _pool_to(mind_m, search_shape, cfg.search_factor)
+        relative = max(1, cfg.search_factor // cfg.feature_factor)
+        coarse_f = _pool_to(mind_f, search_shape, relative)
+        coarse_m = _pool_to(mind_m, search_shape, relative)
     t1 = time.monotonic()
     if _past(deadline):
         return zero

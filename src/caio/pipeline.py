@@ -51,13 +51,25 @@ REGISTRATION_STEPS = frozenset({"vfa_mono", "vfa_multi", "training-free", "casca
 """Path steps that actually register; a path without any of them is reported as degraded."""
 
 
+DEFAULT_BUDGET_S = {"cuda": 60.0, "cpu": 300.0}
+"""Per-pair budget when none is given: the challenge's minute on a GPU; on a CPU (about 20x slower
+per cascade step, see README) five minutes, so that the training-free backbone and some cascade
+steps fit."""
+
+
+def budget_for(cfg: "PipelineConfig", device: torch.device) -> float:
+    """Seconds per pair: ``cfg.budget_s`` if set, else the default of the device type."""
+    return cfg.budget_s if cfg.budget_s is not None else DEFAULT_BUDGET_S["cuda" if device.type == "cuda" else "cpu"]
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Settings of one run (all pairs).
 
     Attributes:
         device: ``"auto"`` (first CUDA GPU, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        budget_s: wall-clock seconds per pair, reading and writing included.
+        budget_s: wall-clock seconds per pair, reading and writing included (``None``:
+            :data:`DEFAULT_BUDGET_S` for the device the pair runs on).
         weights_dir: folder searched by :func:`caio.weights.resolve` (``None``: its default).
         mode: ``"auto"`` (VFA when its weights exist, else training-free), ``"vfa"`` (VFA
             required: missing weights are an error) or ``"training-free"``.
@@ -73,7 +85,7 @@ class PipelineConfig:
     """
 
     device: str = "auto"
-    budget_s: float = 60.0
+    budget_s: float | None = None
     weights_dir: Path | None = None
     mode: str = "auto"
     gate: bool | None = None
@@ -87,7 +99,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise CaioInputError(f"mode '{self.mode}' is not one of {', '.join(MODES)}")
-        if not self.budget_s > 0:
+        if self.budget_s is not None and not self.budget_s > 0:
             raise CaioInputError(f"budget {self.budget_s} s must be positive")
         if self.steps is not None and self.steps < 0:
             raise CaioInputError(f"steps {self.steps} must be >= 0")
@@ -274,21 +286,22 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 def register_pair(pair: Pair, cfg: PipelineConfig, models: Models) -> PairResult:
-    """Register one pair within ``cfg.budget_s`` seconds (reading included, writing reserved).
+    """Register one pair within :func:`budget_for` seconds (reading included, writing reserved).
 
     Never raises for a pair-level problem: the result's ``status`` and ``message`` say what
     happened (see :class:`PairResult`).
     """
     start = time.monotonic()
     result = PairResult(pair=pair, status="failed", device=str(models.device))
-    reserve = min(WRITE_RESERVE_MAX_S, WRITE_RESERVE_FRACTION * cfg.budget_s)
+    budget = budget_for(cfg, models.device)
+    reserve = min(WRITE_RESERVE_MAX_S, WRITE_RESERVE_FRACTION * budget)
     try:
         fixed_np, moving_np = load_pair_volumes(pair, cfg)
     except CaioInputError as err:
         result.status, result.message = "skipped", str(err)
         result.seconds = time.monotonic() - start
         return result
-    deadline = start + cfg.budget_s - reserve
+    deadline = start + budget - reserve
     errors: list[str] = []
     for device, low_memory in _attempts(models.device):
         if device.type == "cuda":
@@ -312,7 +325,7 @@ def register_pair(pair: Pair, cfg: PipelineConfig, models: Models) -> PairResult
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             # a retry after a failure gets at least half a budget of its own
-            deadline = max(deadline, time.monotonic() + 0.5 * (cfg.budget_s - reserve))
+            deadline = max(deadline, time.monotonic() + 0.5 * (budget - reserve))
     if result.status == "failed":
         result.message = "; ".join(errors)
         if cfg.identity_fallback:

@@ -134,8 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
                    help="JSON list(s) to take pairs from (default: every list of fixed/moving entries)")
     h = parser.add_argument_group("how")
     h.add_argument("--device", default=_env("CAIO_DEVICE", "auto", env), help="auto | cpu | cuda | cuda:N (env CAIO_DEVICE)")
-    h.add_argument("--budget-s", type=float, default=_env("CAIO_BUDGET_S", "60", env),
-                   help="seconds per pair, I/O included (env CAIO_BUDGET_S; default 60)")
+    h.add_argument("--budget-s", type=float, default=_env("CAIO_BUDGET_S", None, env),
+                   help="seconds per pair, I/O included (env CAIO_BUDGET_S; default 60 on a GPU, 300 on the CPU)")
     h.add_argument("--mode", choices=("auto", "vfa", "training-free"), default=_env("CAIO_MODE", "auto", env),
                    help="backbone: VFA when weights exist (auto), VFA required, or training-free (env CAIO_MODE)")
     h.add_argument("--gate", choices=("auto", "on", "off"), default="auto",
