@@ -13,7 +13,9 @@ Steps (docker-py, so it works against Docker or any Docker-compatible API in DOC
 4. evaluate them against the label maps (Dice over the labels present in both maps, HD95,
    NDV) next to the zero-displacement baseline, and print a summary.
 
-Exit status 0 only when the container exited 0, every output is valid and every metric is finite.
+Exit status 0 only when the container exited 0, every output is valid, every metric is finite and
+every pair with labels has a Dice above that of the zero displacement (test_data's moving images are
+affinely aligned, so that is the affine-only Dice).
 Environment: ``BASE_IMAGE``, ``CAIO_IMAGE`` (tag), ``CAIO_VALIDATE_BUDGET_S`` and
 ``CAIO_VALIDATE_STEPS`` (passed into the container as ``CAIO_BUDGET_S``/``CAIO_STEPS``; on a
 host without a GPU they default to 300 s and 5 steps: the budget is only a ceiling and the
@@ -105,6 +107,10 @@ def check_and_evaluate(pairs: Sequence[Pair], out: Path, data_root: Path) -> dic
         for key in ("dice", "hd95", "ndv_percent"):
             if key in row and not math.isfinite(row[key]):
                 problems.append(f"{pair.key}: {key} is {row[key]}")
+        # test_data's moving images are affinely aligned: the zero field is the affine-only result
+        if "dice" in row and not row["dice"] > row["dice_initial"]:
+            problems.append(f"{pair.key}: Dice {row['dice']:.4f} is not above the affine-only (zero displacement) "
+                            f"Dice {row['dice_initial']:.4f}")
         rows.append(row)
     if extra:
         problems.append(f"unexpected files in the output folder: {', '.join(extra)}")

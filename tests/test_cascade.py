@@ -19,13 +19,7 @@ from caio.features import mind_ssc
 SMALL = (24, 28, 20)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on the shared 2-core machine small 3-D convolutions run faster so."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _smooth(shape, channels, amplitude, seed) -> torch.Tensor:

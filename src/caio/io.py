@@ -17,7 +17,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -216,6 +216,33 @@ def conform_to_shape(volume: np.ndarray, shape: Sequence[int], order: int = 1) -
     return out[tuple(slice(0, n) for n in shape)].astype(volume.dtype, copy=False)
 
 
+def _replace_atomically(path: Path, suffix: str, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary file is removed on any failure, so ``path`` is either complete or untouched.
+
+    Raises:
+        CaioInputError: the folder or the file cannot be written.
+    """
+    folder = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
+    except OSError as err:
+        raise CaioInputError(f"{folder}: cannot write to output folder ({err.strerror or err})") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise CaioInputError(f"{path}: cannot write ({err.strerror or err})") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_nifti_atomic(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """Write a NIfTI file via a temporary name in the same folder, then rename it.
 
@@ -231,22 +258,7 @@ def write_nifti_atomic(path: str | os.PathLike, array: np.ndarray, affine: np.nd
         raise CaioInputError(f"{folder}: output folder is not writable")
     img = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
     img.header.set_xyzt_units("mm")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".nii.gz", dir=folder)
-    except OSError as err:
-        raise CaioInputError(f"{folder}: cannot write to output folder ({err.strerror or err})") from None
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise CaioInputError(f"{path}: cannot write ({err.strerror or err})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _replace_atomically(path, ".nii.gz", lambda tmp: nib.save(img, tmp))
 
 
 def write_displacement(path: str | os.PathLike, disp: np.ndarray) -> Path:
@@ -320,22 +332,14 @@ def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
         CaioInputError: the folder cannot be created or written.
     """
     path = Path(path)
-    folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CaioInputError(f"{folder}: cannot write to output folder ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
+        raise CaioInputError(f"{path.parent}: cannot write to output folder ({err.strerror or err})") from None
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as fh:
             json.dump(payload, fh, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise CaioInputError(f"{path}: cannot write ({err.strerror or err})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return _replace_atomically(path, ".json", dump)
 

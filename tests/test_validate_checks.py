@@ -1,0 +1,81 @@
+"""The output checks of scripts/validate.py (the container smoke test CI runs), on a tiny folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from caio.io import load_pairs, write_displacement
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (24, 24, 24)
+SHIFT = 2  # voxels along axis 0
+
+
+@pytest.fixture(scope="module")
+def validate():
+    spec = importlib.util.spec_from_file_location("caio_validate_script", REPO / "scripts" / "validate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ball(center) -> np.ndarray:
+    grid = np.indices(SHAPE).astype(float)
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, center)))
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[r < 8] = 1
+    labels[r < 4] = 2
+    return labels
+
+
+@pytest.fixture()
+def folder(tmp_path: Path):
+    """Fixed = balls at the centre; moving = the same balls SHIFT voxels further along axis 0."""
+    fixed_lab, moving_lab = _ball((12, 12, 12)), _ball((12 + SHIFT, 12, 12))
+    names = {"0001_0000": fixed_lab, "0002_0000": moving_lab}
+    for sub in ("imagesVal", "labelsVal"):
+        (tmp_path / sub).mkdir()
+    for name, lab in names.items():
+        image = (lab * 100).astype(np.uint8)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "imagesVal" / f"LUMIRMRI_{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "labelsVal" / f"LUMIRMRI_{name}.nii.gz"))
+    entry = {"fixed": "./imagesVal/LUMIRMRI_0001_0000.nii.gz", "moving": "./imagesVal/LUMIRMRI_0002_0000.nii.gz"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"validation": [entry]}))
+    out = tmp_path / "out"
+    out.mkdir()
+    return tmp_path, load_pairs(tmp_path / "dataset.json", tmp_path), out
+
+
+def _write(out: Path, value: float) -> None:
+    disp = np.zeros((3, *SHAPE), np.float32)
+    disp[0] = value
+    write_displacement(out / "disp_0001_0002.nii.gz", disp)
+
+
+def test_a_field_that_registers_passes_with_dice_above_the_affine_only_dice(validate, folder):
+    root, pairs, out = folder
+    _write(out, SHIFT)  # warped(x) = moving(x + SHIFT) = fixed(x)
+    summary = validate.check_and_evaluate(pairs, out, root)
+    assert summary["ok"], summary["problems"]
+    row = summary["pairs"][0]
+    assert row["dice"] == pytest.approx(1.0) and row["dice_initial"] < 0.9
+
+
+def test_a_field_no_better_than_affine_only_is_a_problem(validate, folder):
+    root, pairs, out = folder
+    _write(out, 0.0)
+    summary = validate.check_and_evaluate(pairs, out, root)
+    assert not summary["ok"]
+    assert any("not above the affine-only" in p for p in summary["problems"])
+
+
+def test_a_missing_output_is_a_problem(validate, folder):
+    root, pairs, out = folder
+    summary = validate.check_and_evaluate(pairs, out, root)
+    assert not summary["ok"] and summary["pairs"][0]["valid"] is False
