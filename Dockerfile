@@ -31,7 +31,7 @@ COPY src /tmp/caio-src/src
 RUN set -eu; cd /tmp/caio-src; touch README.md; \
     python -m pip install --no-deps --no-build-isolation . 2>/dev/null || python -m pip install --no-deps . ; \
     cd /; rm -rf /tmp/caio-src; \
-    python -c "import caio.pipeline, caio.predict_cli, torch; print('caio ready, torch', torch.__version__)"
+    python -c "import caio.pipeline, caio.cli.predict, torch; print('caio ready, torch', torch.__version__)"
 
 # weights/ always exists (weights/manifest.json is tracked); the checkpoints beside it are optional.
 COPY weights/ /app/weights/

@@ -10,7 +10,7 @@ the ``weights/`` folder beside this file. All options: ``python predict.py --hel
 import sys
 from pathlib import Path
 
-from caio.predict_cli import main
+from caio.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main(default_weights=Path(__file__).resolve().parent / "weights"))

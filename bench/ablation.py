@@ -17,14 +17,14 @@ Data (``shared/specs/data_and_peers.md``):
 
 Alignment (our own, not ANTs): the moving image is first put on the fixed grid with the two
 files' world affines, then a 12-parameter affine is fitted in fixed-voxel coordinates by Adam
-on LNCC (:func:`caio.losses.lncc_loss`) at 1/4 and 1/2 resolution, initialised by the
+on LNCC (:func:`caio.refine.losses.lncc_loss`) at 1/4 and 1/2 resolution, initialised by the
 difference of the intensity centroids. Images and labels are resampled once through the whole
 chain (labels nearest-neighbour as the evaluator).
 
 Registration runs on a working grid ``--work-factor`` times coarser than the evaluation grid
 (CPU budget); its field is upsampled with :func:`caio.spatial.resize_displacement` and scored
-on the evaluation grid with :func:`caio.evaluate.evaluate_pair` (HD95 in voxels of that grid,
-NDV % inside the fixed brain/labels). The initial field is ``caio.convex.register_training_free``
+on the evaluation grid with :func:`caio.metrics.evaluate.evaluate_pair` (HD95 in voxels of that grid,
+NDV % inside the fixed brain/labels). The initial field is ``caio.backbone.training_free.register_training_free``
 (``--init tf``) or zero.
 """
 
@@ -43,9 +43,9 @@ import numpy as np
 import torch
 
 from caio import spatial
-from caio.cascade import CascadeConfig, normalize_image, refine
-from caio.evaluate import evaluate_pair
-from caio.losses import lncc_loss
+from caio.metrics.evaluate import evaluate_pair
+from caio.refine.cascade import CascadeConfig, normalize_image, refine
+from caio.refine.losses import lncc_loss
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 VXM_AFFINE = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], float)
@@ -61,6 +61,7 @@ CONFIGS = {
 
 
 # ------------------------------------------------------------------ affine alignment
+
 
 def _centroid(image: torch.Tensor) -> torch.Tensor:
     grid = spatial.identity_grid(image.shape[2:])
@@ -82,7 +83,11 @@ def fit_affine(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor,
         x = spatial.identity_grid(s) * r.view(1, 3, 1, 1, 1)
         opt = torch.optim.Adam([{"params": [t], "lr": lr_t}, {"params": [b], "lr": lr_b}])
         for _ in range(iters):
-            y = c.view(1, 3, 1, 1, 1) + torch.einsum("ij,bjxyz->bixyz", b, x - c.view(1, 3, 1, 1, 1)) + t.view(1, 3, 1, 1, 1)
+            y = (
+                c.view(1, 3, 1, 1, 1)
+                + torch.einsum("ij,bjxyz->bixyz", b, x - c.view(1, 3, 1, 1, 1))
+                + t.view(1, 3, 1, 1, 1)
+            )
             loss = lncc_loss(fs, spatial.sample(ms, y / r.view(1, 3, 1, 1, 1)), 2.0)
             opt.zero_grad()
             loss.backward()
@@ -90,8 +95,9 @@ def fit_affine(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor,
     return b.detach(), t.detach(), c
 
 
-def align_case(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray,
-               moving_seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def align_case(
+    fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, moving_affine: np.ndarray, moving_seg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Moving image and labels on the fixed grid after the world + fitted affine (see module doc)."""
     world = torch.tensor(np.linalg.inv(moving_affine) @ fixed_affine, dtype=torch.float32)
 
@@ -105,7 +111,11 @@ def align_case(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray, 
     on_grid = spatial.sample(m_t, to_moving(ident), padding_mode="zeros")
     b, t, c = fit_affine(f_t, on_grid)
     with torch.no_grad():
-        y = c.view(1, 3, 1, 1, 1) + torch.einsum("ij,bjxyz->bixyz", b, ident - c.view(1, 3, 1, 1, 1)) + t.view(1, 3, 1, 1, 1)
+        y = (
+            c.view(1, 3, 1, 1, 1)
+            + torch.einsum("ij,bjxyz->bixyz", b, ident - c.view(1, 3, 1, 1, 1))
+            + t.view(1, 3, 1, 1, 1)
+        )
         coords = to_moving(y)
         image = spatial.sample(m_t, coords, padding_mode="zeros")[0, 0].numpy()
     seg = spatial.warp_labels_nearest(moving_seg, (coords - ident)[0].double().numpy())
@@ -136,8 +146,15 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str])
         norm, norm_affine = _load(src / "norm.mgz")
         fixed = (scan["vol"] * 255.0).astype(np.float32)
         image, mseg = align_case(fixed, VXM_AFFINE, norm * (255.0 / norm.max()), norm_affine, seg)
-        np.savez_compressed(cases / "real1mm.npz", fixed=fixed, moving=image, fixed_seg=scan["seg"].astype(np.int32),
-                            moving_seg=mseg, labels=np.array(ASEG28), mask="fixed")
+        np.savez_compressed(
+            cases / "real1mm.npz",
+            fixed=fixed,
+            moving=image,
+            fixed_seg=scan["seg"].astype(np.int32),
+            moving_seg=mseg,
+            labels=np.array(ASEG28),
+            mask="fixed",
+        )
         print("prepared real1mm", flush=True)
     root = DATA / "nichart_ixi_dlmuse_2mm"
     subjects = sorted(p.name[: -len("_T1.nii.gz")] for p in (root / "T1").glob("*_T1.nii.gz"))
@@ -148,12 +165,23 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str])
         fixed, fa = _load(root / "T1" / f"{subjects[2 * k]}_T1.nii.gz")
         moving, ma = _load(root / "T1" / f"{subjects[2 * k + 1]}_T1.nii.gz")
         fixed, moving = _to_255(fixed), _to_255(moving)
-        fseg = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k]}_T1_DLMUSE.nii.gz")).dataobj).astype(np.int32)
-        mseg0 = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k + 1]}_T1_DLMUSE.nii.gz")).dataobj).astype(np.int32)
+        fseg = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k]}_T1_DLMUSE.nii.gz")).dataobj).astype(
+            np.int32
+        )
+        mseg0 = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k + 1]}_T1_DLMUSE.nii.gz")).dataobj).astype(
+            np.int32
+        )
         image, mseg = align_case(fixed, fa, moving, ma, mseg0)
         labels = sorted(set(np.unique(fseg).tolist()) & set(np.unique(mseg0).tolist()) - {0})
-        np.savez_compressed(cases / f"{name}.npz", fixed=fixed, moving=image, fixed_seg=fseg, moving_seg=mseg,
-                            labels=np.array(labels), mask="labels")
+        np.savez_compressed(
+            cases / f"{name}.npz",
+            fixed=fixed,
+            moving=image,
+            fixed_seg=fseg,
+            moving_seg=mseg,
+            labels=np.array(labels),
+            mask="labels",
+        )
         print("prepared", name, subjects[2 * k], "<-", subjects[2 * k + 1], flush=True)
     if "pretrain" not in parts:
         return
@@ -162,19 +190,23 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str])
     first = 2 * ixi_pairs
     ref, ref_affine = _load(root / "T1" / f"{subjects[first]}_T1.nii.gz")
     ref = _to_255(ref)
-    for subject in subjects[first: first + pretrain_subjects]:
+    for subject in subjects[first : first + pretrain_subjects]:
         path = pre / f"{subject}.nii.gz"
         if path.exists():
             continue
         moving, ma = _load(root / "T1" / f"{subject}_T1.nii.gz")
         moving = _to_255(moving)
-        image, _ = (ref, None) if subject == subjects[first] else align_case(ref, ref_affine, moving, ma,
-                                                                               np.zeros((2, 2, 2), np.int32))
+        image, _ = (
+            (ref, None)
+            if subject == subjects[first]
+            else align_case(ref, ref_affine, moving, ma, np.zeros((2, 2, 2), np.int32))
+        )
         nib.save(nib.Nifti1Image(image.astype(np.float32), ref_affine), str(path))
         print("pretrain volume", subject, flush=True)
 
 
 # ------------------------------------------------------------------ registration + scoring
+
 
 def run_case(case: Path, config: str, work_factor: int, init: str, weights: str | None, seed: int) -> dict:
     data = np.load(case)
@@ -189,7 +221,8 @@ def run_case(case: Path, config: str, work_factor: int, init: str, weights: str 
         if init_path.exists():
             u0 = torch.load(init_path)
         else:
-            from caio.convex import register_training_free
+            from caio.backbone.training_free import register_training_free
+
             u0 = register_training_free(f, m)
             torch.save(u0, init_path)
     else:
@@ -209,14 +242,23 @@ def run_case(case: Path, config: str, work_factor: int, init: str, weights: str 
         row.update(loss_first=report.losses[0], loss_best=min(report.losses), best_step=report.best_step)
     full = spatial.resize_displacement(disp, shape)[0].double().numpy()
     mask_image = fixed if str(data["mask"]) == "fixed" else (data["fixed_seg"] > 0).astype(np.float32)
-    metrics = evaluate_pair(data["fixed_seg"], data["moving_seg"], full, fixed_image=mask_image,
-                            labels=[int(x) for x in data["labels"]])
+    metrics = evaluate_pair(
+        data["fixed_seg"], data["moving_seg"], full, fixed_image=mask_image, labels=[int(x) for x in data["labels"]]
+    )
     row.update(dice=metrics.dice, hd95=metrics.hd95, ndv=metrics.ndv, steps=steps, seconds=seconds)
     return row
 
 
-def run(out: Path, configs: list[str], sets: list[str], work_factor: int, init: str, weights: str | None,
-        seed: int, threads: int) -> None:
+def run(
+    out: Path,
+    configs: list[str],
+    sets: list[str],
+    work_factor: int,
+    init: str,
+    weights: str | None,
+    seed: int,
+    threads: int,
+) -> None:
     torch.set_num_threads(threads)
     cases = sorted(p for p in (out / "cases").glob("*.npz") if any(p.stem.startswith(s) for s in sets))
     results = out / "results.jsonl"
@@ -232,25 +274,33 @@ def run(out: Path, configs: list[str], sets: list[str], work_factor: int, init: 
             with results.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
-    print("peak RSS GiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
+    print("peak RSS GiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
 
 def table(out: Path) -> str:
     """Mean per (set, config, init) and, paired on the same cases, the Dice difference to ``io3``."""
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     by_key = {(r["case"], r["config"], r["init"]): r for r in rows}
-    lines = ["| set | config | init | pairs | Dice | HD95 (vox) | NDV % | IO steps | IO time (s) | Dice - io3 (same pairs) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["case"].split("_")[0], r["config"], r["init"]) for r in rows},
-                  key=lambda k: (k[0], list(CONFIGS).index(k[1]), k[2]))
+    lines = [
+        "| set | config | init | pairs | Dice | HD95 (vox) | NDV % | IO steps | IO time (s) "
+        "| Dice - io3 (same pairs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["case"].split("_")[0], r["config"], r["init"]) for r in rows},
+        key=lambda k: (k[0], list(CONFIGS).index(k[1]), k[2]),
+    )
     for set_name, config, init in keys:
         sel = [r for r in rows if r["case"].split("_")[0] == set_name and r["config"] == config and r["init"] == init]
-        mean = lambda key: float(np.mean([r[key] for r in sel]))  # noqa: E731
-        paired = [r["dice"] - by_key[(r["case"], "io3", init)]["dice"] for r in sel
-                  if (r["case"], "io3", init) in by_key]
+        mean = lambda key, sel=sel: float(np.mean([r[key] for r in sel]))  # noqa: E731
+        paired = [
+            r["dice"] - by_key[(r["case"], "io3", init)]["dice"] for r in sel if (r["case"], "io3", init) in by_key
+        ]
         delta = f"{np.mean(paired):+.4f} (n={len(paired)})" if paired and config != "io3" else ""
-        lines.append(f"| {set_name} | {config} | {init} | {len(sel)} | {mean('dice'):.4f} | {mean('hd95'):.2f} | "
-                     f"{mean('ndv'):.3f} | {mean('steps'):.0f} | {mean('seconds'):.1f} | {delta} |")
+        lines.append(
+            f"| {set_name} | {config} | {init} | {len(sel)} | {mean('dice'):.4f} | {mean('hd95'):.2f} | "
+            f"{mean('ndv'):.3f} | {mean('steps'):.0f} | {mean('seconds'):.1f} | {delta} |"
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Time and peak memory of Brain-ID synthetic-T1 inference (caio.brainid.synthesize_t1).
+"""Time and peak memory of Brain-ID synthetic-T1 inference (caio.contrast.brainid.synthesize_t1).
 
     nice -n 10 python bench/bench_brainid.py --tile 64 --storage float16          # CPU, full size
     python bench/bench_brainid.py --device cuda --tile 0                          # GPU, untiled
@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from caio.brainid import BrainID, BrainIDConfig, synthesize_t1  # noqa: E402
+from caio.contrast.brainid import BrainID, BrainIDConfig, synthesize_t1  # noqa: E402
 
 
 def lumir_volume(shared: Path, crop: int | None) -> torch.Tensor:
@@ -73,14 +73,21 @@ def main() -> int:
         torch.cuda.synchronize()
     wall, cpu = time.time() - wall, time.process_time() - cpu
     result = {
-        "device": str(device), "shape": list(volume.shape[2:]), "tile": args.tile, "storage": args.storage,
-        "precision": args.precision, "threads": args.threads, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
+        "device": str(device),
+        "shape": list(volume.shape[2:]),
+        "tile": args.tile,
+        "storage": args.storage,
+        "precision": args.precision,
+        "threads": args.threads,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
         "rss_before_gb": round(rss_before / 1024, 3),
-        "out_range": [float(out.min()), float(out.max())], "out_shape": list(out.shape),
+        "out_range": [float(out.min()), float(out.max())],
+        "out_shape": list(out.shape),
     }
     if device.type == "cuda":
-        result["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1024 ** 3, 3)
+        result["cuda_peak_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
         result["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(result))
     return 0

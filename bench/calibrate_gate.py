@@ -1,4 +1,4 @@
-"""Calibrate the contrast gate (caio.gate) on real and synthetic same/cross-contrast pairs.
+"""Calibrate the contrast gate (caio.contrast.gate) on real and synthetic same/cross-contrast pairs.
 
 One command (about 5-10 min on 2 shared cores):
 
@@ -11,7 +11,7 @@ by its brain mask, and cut around the mask centroid (an integer translation; no 
 Same-contrast pairs: real T1s of different subjects (voxelmorph test scan, niivue norm.mgz,
 LapIRN OASIS A/B, MNI152 2009a, fsaverage brain, SPM avg152T1, Colin27), IXI 2 mm T1 pairs
 (skull-stripped with their DLMUSE labels), and synthetic T1/T2/FLAIR/PD pairs of the same
-contrast from different label maps (caio.synth). Cross-contrast pairs: SPM avg152 T1 vs T2/PD
+contrast from different label maps (caio.synth.generator). Cross-contrast pairs: SPM avg152 T1 vs T2/PD
 (identical anatomy), avg152 T2/PD vs the real T1s, and synthetic T2/FLAIR/PD vs real and
 synthetic T1s (same and different anatomy). Writes the score table, the chosen threshold and
 the error rate to ``--out``, and a JSON of every score beside it.
@@ -36,8 +36,9 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from caio.gate import GateConfig, gate_score  # noqa: E402
+from caio.contrast.gate import GateConfig, gate_score  # noqa: E402
 from caio.io import LUMIR_SHAPE  # noqa: E402
+from caio.synth import generator as synth  # noqa: E402
 
 log = logging.getLogger("calibrate_gate")
 VXM_AFFINE = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], dtype=float)
@@ -46,6 +47,7 @@ VXM_AFFINE = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0
 # ----------------------------------------------------------------------------------------
 # Bringing volumes onto a LUMIR-like grid
 # ----------------------------------------------------------------------------------------
+
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Array in RAS axis order and its voxel sizes (mm)."""
@@ -79,7 +81,7 @@ def mni_brain_mask_in(shared: Path, target: nib.Nifti1Image) -> np.ndarray:
     world = target.affine[:3, :3] @ vox + target.affine[:3, 3:]
     mni_vox = np.linalg.inv(mni.affine)[:3, :3] @ world + np.linalg.inv(mni.affine)[:3, 3:]
     values = ndimage.map_coordinates(np.asarray(mni.dataobj, np.float32), mni_vox, order=0, cval=0)
-    return (values.reshape(target.shape[:3]) > 0)
+    return values.reshape(target.shape[:3]) > 0
 
 
 def load_volumes(shared: Path, n_ixi: int, n_synth: int, seed: int) -> dict[str, tuple[str, np.ndarray]]:
@@ -115,13 +117,13 @@ def load_volumes(shared: Path, n_ixi: int, n_synth: int, seed: int) -> dict[str,
 
 
 def synthetic_volumes(folder: Path, n: int, seed: int) -> dict[str, tuple[str, np.ndarray]]:
-    """T1/T2/FLAIR/PD images of ``n`` label maps, from caio.synth (its default randomisation)."""
-    from caio import synth
+    """T1/T2/FLAIR/PD images of ``n`` label maps, from caio.synth.generator (its default randomisation)."""
 
     out = {}
     for i, path in enumerate(sorted(folder.glob("*.nii.gz"))[:n]):
-        subject = synth.make_subject(synth.load_label_map_ras(path), ["t1", "t2", "flair", "pd"],
-                                     synth.generator_for(seed, i), source=path)
+        subject = synth.make_subject(
+            synth.load_label_map_ras(path), ["t1", "t2", "flair", "pd"], synth.generator_for(seed, i), source=path
+        )
         for contrast, image in subject.images.items():
             out[f"syn{i:02d}_{contrast}"] = (contrast, image.astype(np.float32))
     return out
@@ -130,6 +132,7 @@ def synthetic_volumes(folder: Path, n: int, seed: int) -> dict[str, tuple[str, n
 # ----------------------------------------------------------------------------------------
 # Pairs, scores, threshold
 # ----------------------------------------------------------------------------------------
+
 
 def plan_pairs(vols: dict[str, tuple[str, np.ndarray]]) -> list[tuple[str, str, str, bool]]:
     """(group, name_a, name_b, cross_contrast)."""
@@ -148,11 +151,14 @@ def plan_pairs(vols: dict[str, tuple[str, np.ndarray]]) -> list[tuple[str, str, 
             pairs.append((f"synth {c.upper()} vs real T1", f"{s}_{c}", real_t1[i % len(real_t1)], True))
             pairs.append((f"synth {c.upper()} vs synth T1 (same subject)", f"{s}_{c}", f"{s}_t1", True))
             pairs.append((f"synth {c.upper()} vs synth T1 (other subject)", f"{s}_{c}", f"{other}_t1", True))
-    pairs += [("SPM avg152 T1 vs T2/PD", "spm_avg152T1", "spm_avg152T2", True),
-              ("SPM avg152 T1 vs T2/PD", "spm_avg152T1", "spm_avg152PD", True)]
+    pairs += [
+        ("SPM avg152 T1 vs T2/PD", "spm_avg152T1", "spm_avg152T2", True),
+        ("SPM avg152 T1 vs T2/PD", "spm_avg152T1", "spm_avg152PD", True),
+    ]
     for c in ("T2", "PD"):
-        pairs += [(f"SPM avg152 {c} vs real T1", f"spm_avg152{c}", b, True)
-                  for b in real_t1 if not b.startswith("spm_avg152")]
+        pairs += [
+            (f"SPM avg152 {c} vs real T1", f"spm_avg152{c}", b, True) for b in real_t1 if not b.startswith("spm_avg152")
+        ]
     return pairs
 
 
@@ -189,8 +195,12 @@ def main() -> int:
     parser.add_argument("--n-ixi", type=int, default=24)
     parser.add_argument("--n-synth", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2025)
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="rewrite the report from the scores JSON of an earlier run (no recomputation)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="rewrite the report from the scores JSON of an earlier run (no recomputation)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
@@ -198,8 +208,10 @@ def main() -> int:
     if args.from_json:
         cached = json.loads(args.from_json.read_text())
         pairs = [(p["group"], p["a"], p["b"], p["cross"]) for p in cached["pairs"]]
-        raw = [(GateConfig(factor=c["factor"], sigma_vox=c["sigma_vox"]), np.array(c["scores"]), c["cpu_s"])
-               for c in cached["sweep"]]
+        raw = [
+            (GateConfig(factor=c["factor"], sigma_vox=c["sigma_vox"]), np.array(c["scores"]), c["cpu_s"])
+            for c in cached["sweep"]
+        ]
         seconds = cached["seconds"]
     else:
         vols = load_volumes(args.shared, args.n_ixi, args.n_synth, args.seed)
@@ -221,8 +233,15 @@ def main() -> int:
         thr, errors = choose_threshold(scores[~labels & t1_only], scores[labels & t1_only])
         gap = scores[~labels].min() - scores[labels].max()
         sweep.append((cfg, scores, thr, errors, gap, cpu))
-        log.info("factor %d sigma %.1f: threshold %.3f errors %d gap %.3f cpu %.3f s/pair",
-                 cfg.factor, cfg.sigma_vox, thr, errors, gap, cpu)
+        log.info(
+            "factor %d sigma %.1f: threshold %.3f errors %d gap %.3f cpu %.3f s/pair",
+            cfg.factor,
+            cfg.sigma_vox,
+            thr,
+            errors,
+            gap,
+            cpu,
+        )
     default = GateConfig()
     chosen = next(s for s in sweep if s[0].factor == default.factor and s[0].sigma_vox == default.sigma_vox)
     write_report(args.out, pairs, sweep, chosen, default, seconds)
@@ -240,51 +259,73 @@ def write_report(out: Path, pairs, sweep, chosen, default: GateConfig, seconds: 
     wrong_rel = int((scores[~labels & rel] < default.threshold).sum() + (cross >= default.threshold).sum())
     fn = int((cross >= default.threshold).sum())
     lines = [
-        "# Contrast gate calibration (`bench/calibrate_gate.py`)", "",
+        "# Contrast gate calibration (`bench/calibrate_gate.py`)",
+        "",
         f"Command: `nice -n 10 python bench/calibrate_gate.py` ({seconds:.0f} s, 1 thread). "
-        f"{len(pairs)} pairs: {int((~labels).sum())} same-contrast, {int(labels.sum())} cross-contrast.", "",
-        f"**Defaults (`caio.gate.GateConfig`)**: factor {default.factor}, sigma_vox {default.sigma_vox}, "
+        f"{len(pairs)} pairs: {int((~labels).sum())} same-contrast, {int(labels.sum())} cross-contrast.",
+        "",
+        f"**Defaults (`caio.contrast.gate.GateConfig`)**: factor {default.factor}, sigma_vox {default.sigma_vox}, "
         f"threshold {default.threshold}. With them: same-contrast scores {same.min():.3f} .. {same.max():.3f} "
         f"(median {np.median(same):.3f}), cross-contrast {cross.min():.3f} .. {cross.max():.3f} "
-        f"(median {np.median(cross):.3f}); gap {gap:.3f}.", "",
+        f"(median {np.median(cross):.3f}); gap {gap:.3f}.",
+        "",
         f"* T1-relevant pairs (T1-T1 same, T1-other cross; {int(rel.sum())} pairs), which set the threshold: "
         f"**{wrong_rel} misclassified ({100 * wrong_rel / max(int(rel.sum()), 1):.1f} %)**; the error-minimising "
         f"threshold on them is {thr:.3f} ({errors} errors).",
         f"* All {len(pairs)} pairs (including non-T1 same-contrast pairs): {wrong} misclassified "
         f"({100 * wrong / len(pairs):.1f} %); cross-contrast pairs called same: {fn} / {int(labels.sum())}.",
-        f"* CPU time {cpu:.3f} s per full-size pair (1 thread, process time).", "",
+        f"* CPU time {cpu:.3f} s per full-size pair (1 thread, process time).",
+        "",
         "Reading: T1-T1 and T1-vs-T2/PD pairs separate cleanly at every setting. T1-vs-FLAIR pairs do not: "
         "CSF is dark in both, so the local correlation is positive wherever CSF/tissue edges dominate a "
         "window, and only the GM/WM inversion disagrees. Same-contrast pairs of two non-T1 images (low GM/WM "
         "contrast in synthetic FLAIR/PD) can fall below the threshold; LUMIR has no such pairs. Where the "
-        "modality codes of a pair differ, force the decision instead of trusting the score.", "",
-        "## Score per pair group (defaults)", "",
-        "| group | kind | n | min | median | max | misclassified |", "|---|---|---:|---:|---:|---:|---:|"]
+        "modality codes of a pair differ, force the decision instead of trusting the score.",
+        "",
+        "## Score per pair group (defaults)",
+        "",
+        "| group | kind | n | min | median | max | misclassified |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     groups = sorted({p[0] for p in pairs}, key=lambda g: (any(p[3] for p in pairs if p[0] == g), g))
     for g in groups:
         idx = [i for i, p in enumerate(pairs) if p[0] == g]
         s = scores[idx]
         is_cross = pairs[idx[0]][3]
         bad = int((s >= default.threshold).sum() if is_cross else (s < default.threshold).sum())
-        lines.append(f"| {g} | {'cross' if is_cross else 'same'} | {len(idx)} | {s.min():.3f} | "
-                     f"{np.median(s):.3f} | {s.max():.3f} | {bad} |")
-    lines += ["", "## Parameter sweep", "",
-              "| factor | sigma_vox | best threshold (T1-relevant) | errors there | gap, all pairs (min same - max cross) "
-              "| CPU s/pair |",
-              "|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {g} | {'cross' if is_cross else 'same'} | {len(idx)} | {s.min():.3f} | "
+            f"{np.median(s):.3f} | {s.max():.3f} | {bad} |"
+        )
+    lines += [
+        "",
+        "## Parameter sweep",
+        "",
+        "| factor | sigma_vox | best threshold (T1-relevant) | errors there | gap, all pairs (min same - max cross) "
+        "| CPU s/pair |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for c, _, t, e, gp, cp in sweep:
         lines.append(f"| {c.factor} | {c.sigma_vox} | {t:.3f} | {e} | {gp:.3f} | {cp:.3f} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp_{out.name}")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(out)
-    write_json_atomic(out.with_suffix(".json"), {
-        "defaults": {"factor": default.factor, "sigma_vox": default.sigma_vox, "threshold": default.threshold},
-        "seconds": seconds,
-        "pairs": [{"group": p[0], "a": p[1], "b": p[2], "cross": bool(p[3]), "score": float(x)}
-                  for p, x in zip(pairs, scores)],
-        "sweep": [{"factor": c.factor, "sigma_vox": c.sigma_vox, "cpu_s": cp, "scores": [float(v) for v in sc]}
-                  for c, sc, _, _, _, cp in sweep]})
+    write_json_atomic(
+        out.with_suffix(".json"),
+        {
+            "defaults": {"factor": default.factor, "sigma_vox": default.sigma_vox, "threshold": default.threshold},
+            "seconds": seconds,
+            "pairs": [
+                {"group": p[0], "a": p[1], "b": p[2], "cross": bool(p[3]), "score": float(x)}
+                for p, x in zip(pairs, scores)
+            ],
+            "sweep": [
+                {"factor": c.factor, "sigma_vox": c.sigma_vox, "cpu_s": cp, "scores": [float(v) for v in sc]}
+                for c, sc, _, _, _, cp in sweep
+            ],
+        },
+    )
     log.info("wrote %s", out)
 
 

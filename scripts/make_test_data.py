@@ -9,11 +9,11 @@ Subjects (real anatomy, see test_data/README.md):
 
 * A = voxelmorph test scan (Apache-2.0), already on the LUMIR grid in LIA order -> RAS.
 * B = niivue FreeSurfer subject (BSD-2), 256^3 LIA -> RAS, affinely aligned to A by
-  :func:`caio.synth.fit_template_affine` (label centroids) and resampled onto the LUMIR grid.
+  :func:`caio.synth.generator.fit_template_affine` (label centroids) and resampled onto the LUMIR grid.
 
 Files: 3455_0000 = A T1, 3454_0000 = B T1, 4024_0000 = A T1 (same scan again, so that the
 multi-modal pair uses the organizers' ID ranges), 4033_0001 = T2-like image synthesized from
-B's labels by :func:`caio.synth.synthesize_image`. Pairs: 3455_0000 <- 3454_0000 (T1-T1) and
+B's labels by :func:`caio.synth.generator.synthesize_image`. Pairs: 3455_0000 <- 3454_0000 (T1-T1) and
 4024_0000 <- 4033_0001 (T1 fixed <- T2-like moving, different subjects).
 """
 
@@ -28,8 +28,18 @@ from pathlib import Path
 import numpy as np
 
 from caio.io import LUMIR_SHAPE, write_json_atomic, write_nifti_atomic
-from caio.synth import (SynthConfig, brain_mask, canonical_labels, fit_template_affine, generator_for,
-                        load_label_map_ras, resample_image, resample_labels, sampling_grid, synthesize_image)
+from caio.synth.generator import (
+    SynthConfig,
+    brain_mask,
+    canonical_labels,
+    fit_template_affine,
+    generator_for,
+    load_label_map_ras,
+    resample_image,
+    resample_labels,
+    sampling_grid,
+    synthesize_image,
+)
 
 SEED = 20251125
 MASK_DILATION = 2
@@ -117,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     image_b, labels_b, mask_b = subject_b(args.shared)
     mask_a = image_a > 0
     image_a, image_b = rescale_to_255(image_a, mask_a), rescale_to_255(image_b, mask_b)
-    t2_b = synthesize_image(canonical_labels(labels_b), "t2", generator_for(SEED, 4033),
-                            SynthConfig(thick_slice_prob=0.0), mask=mask_b)[0, 0].numpy()
+    t2_b = synthesize_image(
+        canonical_labels(labels_b), "t2", generator_for(SEED, 4033), SynthConfig(thick_slice_prob=0.0), mask=mask_b
+    )[0, 0].numpy()
 
     shared_labels = sorted(set(np.unique(labels_a).tolist()) & set(np.unique(labels_b).tolist()))
     dice = dice_per_label(labels_a, labels_b, [k for k in shared_labels if k > 0])
@@ -135,15 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, (image, labels) in volumes.items():
         write_nifti_atomic(args.out / "imagesVal" / name, image)
         write_nifti_atomic(args.out / "labelsVal" / name, labels.astype(np.uint8))
-    pairs = [("LUMIRMRI_3455_0000.nii.gz", "LUMIRMRI_3454_0000.nii.gz"),
-             ("LUMIRMRI_4024_0000.nii.gz", "LUMIRMRI_4033_0001.nii.gz")]
+    pairs = [
+        ("LUMIRMRI_3455_0000.nii.gz", "LUMIRMRI_3454_0000.nii.gz"),
+        ("LUMIRMRI_4024_0000.nii.gz", "LUMIRMRI_4033_0001.nii.gz"),
+    ]
     write_json_atomic(args.out / "LUMIR25_dataset.json", dataset_json(pairs))
-    write_json_atomic(args.out / "labels.json", {
-        "description": "FreeSurfer aseg labels present in both subjects (use for Dice/HD95 of test_data; "
-                       "includes 0 like the LUMIR lists)",
-        "labels": shared_labels,
-        "affine_only_dice": {str(k): round(v, 4) for k, v in dice.items()},
-    })
+    write_json_atomic(
+        args.out / "labels.json",
+        {
+            "description": "FreeSurfer aseg labels present in both subjects (use for Dice/HD95 of test_data; "
+            "includes 0 like the LUMIR lists)",
+            "labels": shared_labels,
+            "affine_only_dice": {str(k): round(v, 4) for k, v in dice.items()},
+        },
+    )
     log.info("wrote %s in %.1f s", args.out, time.perf_counter() - start)
     return 0
 

@@ -32,8 +32,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # caio.io / caio.spatial for the checks, also without an install
@@ -50,12 +50,13 @@ CPU_DEFAULT_STEPS = "5"
 
 # ------------------------------------------------------------------ checks and metrics
 
+
 def label_path(image_path: Path) -> Path:
     """``.../imagesVal/X.nii.gz`` -> ``.../labelsVal/X.nii.gz``."""
     parts = list(image_path.parts)
     for i in range(len(parts) - 2, -1, -1):
         if parts[i].startswith("images"):
-            parts[i] = "labels" + parts[i][len("images"):]
+            parts[i] = "labels" + parts[i][len("images") :]
             return Path(*parts)
     return image_path.parent / "labels" / image_path.name
 
@@ -70,12 +71,12 @@ def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: Sequence[int])
 
 
 def evaluate_pair(pair: Pair, disp: np.ndarray) -> dict:
-    """Metrics of one pair via :mod:`caio.evaluate` (labels optional: without them only NDV).
+    """Metrics of one pair via :mod:`caio.metrics.evaluate` (labels optional: without them only NDV).
 
     Dice/HD95 use the labels present in both the fixed and the moving map (0 included, as in
     the official list); ``dice_initial`` is the Dice of the zero displacement on the same labels.
     """
-    from caio.evaluate import evaluate_pair as caio_evaluate_pair
+    from caio.metrics.evaluate import evaluate_pair as caio_evaluate_pair
 
     fixed_img = np.asarray(nib.load(str(pair.fixed)).dataobj, dtype=np.float32)
     flab_path, mlab_path = label_path(pair.fixed), label_path(pair.moving)
@@ -85,8 +86,13 @@ def evaluate_pair(pair: Pair, disp: np.ndarray) -> dict:
     mlab = np.asarray(nib.load(str(mlab_path)).dataobj).astype(np.int64)
     labels = sorted(set(np.unique(flab).tolist()) & set(np.unique(mlab).tolist()))
     metrics = caio_evaluate_pair(flab, mlab, disp, fixed_img, labels=labels)
-    return {"ndv_percent": metrics.ndv, "dice": metrics.dice, "hd95": metrics.hd95, "n_labels": len(labels),
-            "dice_initial": float(np.nanmean(dice_per_label(flab, mlab, labels)))}
+    return {
+        "ndv_percent": metrics.ndv,
+        "dice": metrics.dice,
+        "hd95": metrics.hd95,
+        "n_labels": len(labels),
+        "dice_initial": float(np.nanmean(dice_per_label(flab, mlab, labels))),
+    }
 
 
 def check_and_evaluate(pairs: Sequence[Pair], out: Path, data_root: Path) -> dict:
@@ -109,8 +115,10 @@ def check_and_evaluate(pairs: Sequence[Pair], out: Path, data_root: Path) -> dic
                 problems.append(f"{pair.key}: {key} is {row[key]}")
         # test_data's moving images are affinely aligned: the zero field is the affine-only result
         if "dice" in row and not row["dice"] > row["dice_initial"]:
-            problems.append(f"{pair.key}: Dice {row['dice']:.4f} is not above the affine-only (zero displacement) "
-                            f"Dice {row['dice_initial']:.4f}")
+            problems.append(
+                f"{pair.key}: Dice {row['dice']:.4f} is not above the affine-only (zero displacement) "
+                f"Dice {row['dice_initial']:.4f}"
+            )
         rows.append(row)
     if extra:
         problems.append(f"unexpected files in the output folder: {', '.join(extra)}")
@@ -119,16 +127,20 @@ def check_and_evaluate(pairs: Sequence[Pair], out: Path, data_root: Path) -> dic
         if not r["valid"]:
             print(f"{r['pair']:28s} INVALID")
             continue
-        f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
-        print(f"{r['pair']:28s} {f('dice', '7.4f')} {f('dice_initial', '7.4f')} {f('hd95', '7.3f')} "
-              f"{f('ndv_percent', '8.4f')} {f('max_abs_disp', '7.2f')}")
+        f = lambda k, fmt, r=r: format(r[k], fmt) if k in r else "-"  # noqa: E731
+        print(
+            f"{r['pair']:28s} {f('dice', '7.4f')} {f('dice_initial', '7.4f')} {f('hd95', '7.3f')} "
+            f"{f('ndv_percent', '8.4f')} {f('max_abs_disp', '7.2f')}"
+        )
     summary = {"pairs": rows, "problems": problems, "ok": not problems}
     valid = [r for r in rows if r.get("valid") and "dice" in r]
     if valid:
         summary["mean_dice"] = float(np.nanmean([r["dice"] for r in valid]))
         summary["mean_dice_initial"] = float(np.nanmean([r["dice_initial"] for r in valid]))
-        print(f"mean Dice {summary['mean_dice']:.4f} (zero displacement {summary['mean_dice_initial']:.4f}) "
-              f"over {len(valid)} pairs with labels")
+        print(
+            f"mean Dice {summary['mean_dice']:.4f} (zero displacement {summary['mean_dice_initial']:.4f}) "
+            f"over {len(valid)} pairs with labels"
+        )
     for p in problems:
         print(f"PROBLEM: {p}")
     return summary
@@ -137,8 +149,11 @@ def check_and_evaluate(pairs: Sequence[Pair], out: Path, data_root: Path) -> dic
 # ------------------------------------------------------------------ container
 def host_has_gpu() -> bool:
     """True when an NVIDIA GPU is visible on the host (the runtime may ignore GPU requests otherwise)."""
-    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None and os.system(
-        "nvidia-smi -L >/dev/null 2>&1") == 0
+    return (
+        Path("/dev/nvidia0").exists()
+        or shutil.which("nvidia-smi") is not None
+        and os.system("nvidia-smi -L >/dev/null 2>&1") == 0
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -146,16 +161,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=REPO / "test_data", help="data root (default: test_data/)")
     ap.add_argument("--json", type=Path, help="dataset JSON (default: <data>/LUMIR25_dataset.json)")
     ap.add_argument("--tag", default=os.environ.get("CAIO_IMAGE", "localhost/caio-lumir25:validate"))
-    ap.add_argument("--base-image", default=os.environ.get("BASE_IMAGE") or None,
-                    help="BASE_IMAGE build arg (env BASE_IMAGE; default: the Dockerfile's)")
+    ap.add_argument(
+        "--base-image",
+        default=os.environ.get("BASE_IMAGE") or None,
+        help="BASE_IMAGE build arg (env BASE_IMAGE; default: the Dockerfile's)",
+    )
     ap.add_argument("--no-build", action="store_true", help="use the existing image --tag")
     ap.add_argument("--out", type=Path, help="output folder (default: a fresh temporary folder, removed after)")
     ap.add_argument("--user", help="UID:GID to run as (default: yours; 1000:1000 when you are root)")
-    ap.add_argument("--gpu", choices=("auto", "on", "off"), default="auto", help="request GPU 0 (auto: if the host has one)")
-    ap.add_argument("--budget-s", default=os.environ.get("CAIO_VALIDATE_BUDGET_S"),
-                    help="per-pair budget passed as CAIO_BUDGET_S (CPU host default: 300)")
-    ap.add_argument("--steps", default=os.environ.get("CAIO_VALIDATE_STEPS"),
-                    help="cascade steps passed as CAIO_STEPS (CPU host default: 5)")
+    ap.add_argument(
+        "--gpu", choices=("auto", "on", "off"), default="auto", help="request GPU 0 (auto: if the host has one)"
+    )
+    ap.add_argument(
+        "--budget-s",
+        default=os.environ.get("CAIO_VALIDATE_BUDGET_S"),
+        help="per-pair budget passed as CAIO_BUDGET_S (CPU host default: 300)",
+    )
+    ap.add_argument(
+        "--steps",
+        default=os.environ.get("CAIO_VALIDATE_STEPS"),
+        help="cascade steps passed as CAIO_STEPS (CPU host default: 5)",
+    )
     ap.add_argument("--timeout-s", type=float, default=3600, help="kill the container after this long")
     ap.add_argument("--summary", type=Path, help="write the validation summary JSON here")
     return ap.parse_args(argv)
@@ -172,25 +198,36 @@ def build(client, tag: str, base_image: str | None) -> float:
     except docker.errors.BuildError as err:
         for chunk in err.build_log:
             sys.stderr.write(chunk.get("stream", "") or chunk.get("error", "") or "")
-        raise SystemExit(f"validate: build failed: {err}")
+        raise SystemExit(f"validate: build failed: {err}") from None
     return time.monotonic() - start
 
 
-def run_container(client, args: argparse.Namespace, json_path: Path, out: Path, user: str,
-                  environment: dict[str, str], gpu: bool) -> tuple[int, float]:
+def run_container(
+    client, args: argparse.Namespace, json_path: Path, out: Path, user: str, environment: dict[str, str], gpu: bool
+) -> tuple[int, float]:
     """Organizer-style run; streams the container's output; returns (exit status, seconds)."""
     from docker.types import DeviceRequest
 
-    kwargs = dict(ipc_mode="host", network_mode="none", user=user, environment=environment, detach=True,
-                  volumes={str(json_path.resolve()): {"bind": "/app/LUMIR25_dataset.json", "mode": "ro"},
-                           str(args.data.resolve()): {"bind": "/app/input", "mode": "ro"},
-                           str(out.resolve()): {"bind": "/app/output", "mode": "rw"}})
+    kwargs = dict(
+        ipc_mode="host",
+        network_mode="none",
+        user=user,
+        environment=environment,
+        detach=True,
+        volumes={
+            str(json_path.resolve()): {"bind": "/app/LUMIR25_dataset.json", "mode": "ro"},
+            str(args.data.resolve()): {"bind": "/app/input", "mode": "ro"},
+            str(out.resolve()): {"bind": "/app/output", "mode": "rw"},
+        },
+    )
     if gpu:
         kwargs["device_requests"] = [DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])]
-    print(f"validate: docker run --rm --ipc=host --network=none --user {user}"
-          f"{' --gpus device=0' if gpu else ''} {' '.join(f'-e {k}={v}' for k, v in environment.items())}"
-          f" -v {json_path}:/app/LUMIR25_dataset.json -v {args.data}:/app/input -v {out}:/app/output {args.tag}",
-          flush=True)
+    print(
+        f"validate: docker run --rm --ipc=host --network=none --user {user}"
+        f"{' --gpus device=0' if gpu else ''} {' '.join(f'-e {k}={v}' for k, v in environment.items())}"
+        f" -v {json_path}:/app/LUMIR25_dataset.json -v {args.data}:/app/input -v {out}:/app/output {args.tag}",
+        flush=True,
+    )
     start = time.monotonic()
     container = client.containers.run(args.tag, **kwargs)  # the image's CMD, no arguments
     try:
@@ -210,17 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import docker
 
-
     json_path = args.json or args.data / "LUMIR25_dataset.json"
     try:
         pairs = load_pairs(json_path, args.data)  # fails early (one line) on a broken test set
     except CaioInputError as err:
-        raise SystemExit(f"validate: {err}")
+        raise SystemExit(f"validate: {err}") from None
     try:
         client = docker.from_env(timeout=600)
         client.ping()
     except docker.errors.DockerException as err:
-        raise SystemExit(f"validate: no container engine at DOCKER_HOST={os.environ.get('DOCKER_HOST', '(default)')}: {err}")
+        raise SystemExit(
+            f"validate: no container engine at DOCKER_HOST={os.environ.get('DOCKER_HOST', '(default)')}: {err}"
+        ) from None
     timings = {}
     if not args.no_build:
         timings["build_s"] = build(client, args.tag, args.base_image)

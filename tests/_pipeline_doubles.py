@@ -7,8 +7,8 @@ modules are exercised by their own tests and by tests marked as needing them.
 
 from __future__ import annotations
 
+import importlib
 import json
-import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +30,25 @@ class Calls:
     mind: int = 0
 
 
-def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: bool = False,
-            training_free_error: Exception | None = None, cascade_error: Exception | None = None,
-            oom_unless_low_memory: bool = False, disp_value: float | None = None, keep: tuple[str, ...] = ()) -> Calls:
-    """Put doubles of gate/convex/cascade/features/weights in ``sys.modules``; hide brainid/vfa/qc.
+def install(
+    monkeypatch,
+    shift: float = 0.5,
+    cascade_add: float = 0.25,
+    cross: bool = False,
+    training_free_error: Exception | None = None,
+    cascade_error: Exception | None = None,
+    oom_unless_low_memory: bool = False,
+    disp_value: float | None = None,
+    keep: tuple[str, ...] = (),
+) -> Calls:
+    """Replace the gate/training-free/cascade/MIND functions the pipeline stages call by doubles,
+    make the weights lookup find nothing and QC pictures fail.
 
-    Modules named in ``keep`` (e.g. ``"caio.vfa"``) are left alone: the real ones are used.
+    Parts named in ``keep`` (``"caio.weights"``, ``"caio.qc"``) are left alone: the real ones are used.
     """
     calls = Calls()
 
-    gate = types.ModuleType("caio.gate")
+    gate = types.ModuleType("caio.contrast.gate")
 
     @dataclass(frozen=True)
     class GateConfig:
@@ -57,7 +66,7 @@ def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: b
 
     gate.GateConfig, gate.GateDecision, gate.decide = GateConfig, GateDecision, decide
 
-    convex = types.ModuleType("caio.convex")
+    convex = types.ModuleType("caio.backbone.training_free")
 
     @dataclass(frozen=True)
     class TrainingFreeConfig:
@@ -74,7 +83,7 @@ def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: b
 
     convex.TrainingFreeConfig, convex.register_training_free = TrainingFreeConfig, register_training_free
 
-    cascade = types.ModuleType("caio.cascade")
+    cascade = types.ModuleType("caio.refine.cascade")
 
     @dataclass(frozen=True)
     class CascadeConfig:
@@ -86,21 +95,21 @@ def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: b
 
     @dataclass(frozen=True)
     class RefineReport:
-        steps: tuple
+        steps: int
 
-    def refine(fixed, moving, init_disp, cfg, fixed_sim=None, moving_sim=None, init_state=None,
-               deadline=None, seed=0):
-        calls.cascade.append({"steps": cfg.steps, "fixed_sim": fixed_sim, "seed": seed, "deadline": deadline,
-                              "init_state": init_state})
+    def refine(fixed, moving, init_disp, cfg, fixed_sim=None, moving_sim=None, init_state=None, deadline=None, seed=0):
+        calls.cascade.append(
+            {"steps": cfg.steps, "fixed_sim": fixed_sim, "seed": seed, "deadline": deadline, "init_state": init_state}
+        )
         if init_state is not None and Path(init_state).read_bytes() == b"broken":
             raise RuntimeError(f"{init_state}: not a cascade checkpoint")
         if cascade_error is not None:
             raise cascade_error
-        return init_disp + cascade_add, RefineReport(steps=(cfg.steps,) * 3)
+        return init_disp + cascade_add, RefineReport(steps=cfg.steps * 3)
 
     cascade.CascadeConfig, cascade.RefineReport, cascade.refine = CascadeConfig, RefineReport, refine
 
-    features = types.ModuleType("caio.features")
+    features = types.ModuleType("caio.contrast.mind")
 
     def mind_ssc(image):
         calls.mind += 1
@@ -108,14 +117,28 @@ def install(monkeypatch, shift: float = 0.5, cascade_add: float = 0.25, cross: b
 
     features.mind_ssc = mind_ssc
 
-    weights = types.ModuleType("caio.weights")
-    weights.resolve = lambda role, weights_dir=None: None
+    from caio.pipeline import models, stages
 
-    for name, module in (("caio.gate", gate), ("caio.convex", convex), ("caio.cascade", cascade),
-                         ("caio.features", features), ("caio.weights", weights),
-                         ("caio.brainid", None), ("caio.vfa", None), ("caio.qc", None)):
-        if name not in keep:
-            monkeypatch.setitem(sys.modules, name, module)
+    run = importlib.import_module("caio.pipeline.run")  # the attribute caio.pipeline.run is the function
+
+    for name, value in (
+        ("GateConfig", GateConfig),
+        ("decide", decide),
+        ("TrainingFreeConfig", TrainingFreeConfig),
+        ("register_training_free", register_training_free),
+        ("CascadeConfig", CascadeConfig),
+        ("refine", refine),
+        ("mind_ssc", features.mind_ssc),
+    ):
+        monkeypatch.setattr(stages, name, value)
+    if "caio.weights" not in keep:
+        monkeypatch.setattr(models, "resolve", lambda role, weights_dir=None: None)
+    if "caio.qc" not in keep:
+
+        def no_qc(*args, **kwargs):
+            raise ImportError("caio.qc replaced by a test double")
+
+        monkeypatch.setattr(run, "write_qc", no_qc)
     return calls
 
 
@@ -133,8 +156,9 @@ def make_dataset(root: Path, pairs: list[tuple[str, str]], shape=SHAPE, seed: in
     rng = np.random.default_rng(seed)
     for name in {n for pair in pairs for n in pair}:
         write_volume(root / "imagesVal" / f"LUMIRMRI_{name}.nii.gz", (rng.random(shape) * 255).astype(np.float32))
-    entries = [{"fixed": f"./imagesVal/LUMIRMRI_{f}.nii.gz", "moving": f"./imagesVal/LUMIRMRI_{m}.nii.gz"}
-               for f, m in pairs]
+    entries = [
+        {"fixed": f"./imagesVal/LUMIRMRI_{f}.nii.gz", "moving": f"./imagesVal/LUMIRMRI_{m}.nii.gz"} for f, m in pairs
+    ]
     json_path = root / "LUMIR25_dataset.json"
     json_path.write_text(json.dumps({"name": "LUMIR", "validation": entries}))
     return json_path

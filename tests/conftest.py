@@ -1,7 +1,14 @@
-"""Shared test fixtures: locations of ../shared (fixtures, data) and small helpers."""
+"""Shared test fixtures: the reference fixtures and small data in the repository, and small helpers.
+
+Everything the default suite reads is in the repository: ``tests/fixtures/`` (reference outputs,
+see its README) and ``tests/data/`` (small files derived from ``../shared/data``, see its README).
+``../shared`` beside the checkout is only needed by slow or optional checks (``shared_dir``).
+Under ``CI=true`` a test that would skip for missing data fails instead (:func:`require_path`).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,19 +16,36 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+FIXTURES = REPO / "tests" / "fixtures"
+DATA = REPO / "tests" / "data"
+
+
+def require_path(path: Path, why: str = "test data") -> Path:
+    """``path`` if it exists; else skip the test, or fail it when ``CI=true`` (CI must run every test)."""
+    if Path(path).exists():
+        return Path(path)
+    message = f"{path} not found ({why})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; under CI=true missing data is an error")
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """``../shared`` beside the checkout (CI has it there); tests that need it skip without it."""
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} not found (shared/ must sit beside the checkout)")
-    return SHARED
+    """``../shared`` beside the checkout; tests that need it skip without it (fail under CI=true)."""
+    return require_path(SHARED, "shared/ must sit beside the checkout")
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir(shared_dir: Path) -> Path:
-    return shared_dir / "fixtures"
+def fixtures_dir() -> Path:
+    """``tests/fixtures``: reference outputs (VFA, Brain-ID, LUMIR evaluator), see its README."""
+    return require_path(FIXTURES, "reference fixtures")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``tests/data``: small files derived from ``../shared/data``, see its README."""
+    return require_path(DATA, "derived test data")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from caio.brainid import BrainID, BrainIDConfig, load_brainid, synthesize_t1, tiled_image
+from caio.contrast.brainid import BrainID, BrainIDConfig, load_brainid, synthesize_t1, tiled_image
 from caio.errors import CaioInputError
 
 
@@ -97,8 +97,9 @@ def test_float64_forward_matches_official_image_and_features(model64, fixture_in
     np.testing.assert_allclose(last[chans, :, 24], expected["feat_last_axis1_mid"], rtol=0, atol=1e-8)
     np.testing.assert_allclose(last[chans, :, :, 20], expected["feat_last_axis2_mid"], rtol=0, atol=1e-8)
     pts = expected["feat_last_probe_points"].astype(int)
-    np.testing.assert_allclose(last[:, pts[:, 0], pts[:, 1], pts[:, 2]].T, expected["feat_last_at_points"],
-                               rtol=0, atol=1e-8)
+    np.testing.assert_allclose(
+        last[:, pts[:, 0], pts[:, 1], pts[:, 2]].T, expected["feat_last_at_points"], rtol=0, atol=1e-8
+    )
 
 
 def test_float32_forward_matches_official_image(model32, fixture_input, fixtures_dir):
@@ -151,7 +152,7 @@ def test_synthesize_t1_tiled_matches_untiled_on_small_volume(small_model):
     tiled = synthesize_t1(small_model, volume, tile=(16, 20, 16))
     np.testing.assert_allclose(tiled.numpy(), whole.numpy(), rtol=0, atol=0.05)  # [0, 255] units
     # no tile given, but above cpu_untiled_max_voxels: tiled automatically (here with fp16 storage)
-    auto = BrainIDConfig(storage=torch.float16, cpu_untiled_max_voxels=16 ** 3, cpu_tile=16)
+    auto = BrainIDConfig(storage=torch.float16, cpu_untiled_max_voxels=16**3, cpu_tile=16)
     half = synthesize_t1(small_model, volume, config=auto)
     err = (half - whole).abs()[volume > 0]
     assert float(err.max()) > 0  # the fp16-stored tiled path ran
@@ -171,16 +172,19 @@ def _constant_state() -> dict[str, torch.Tensor]:
 def test_clean_checkpoint_with_pickled_namespace_loads(tmp_path):
     state = _constant_state()
     args = argparse.Namespace(task="feat-anat", f_maps=64, lr=1e-4)
-    path = _save(tmp_path / "brain_id_pretrained.pth", {"model": state, "epoch": 3, "args": args,
-                                                         "best_val_stats": None})
+    path = _save(
+        tmp_path / "brain_id_pretrained.pth", {"model": state, "epoch": 3, "args": args, "best_val_stats": None}
+    )
     model = load_brainid(path, "cpu")
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     assert not model.training
 
 
-@pytest.mark.parametrize("problem", ["truncated", "wrong_shape", "extra_key", "missing_key", "no_model_entry",
-                                     "foreign_class", "missing_file"])
+@pytest.mark.parametrize(
+    "problem",
+    ["truncated", "wrong_shape", "extra_key", "missing_key", "no_model_entry", "foreign_class", "missing_file"],
+)
 def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
     state = _constant_state()
     payload: dict = {"model": state, "epoch": 0, "args": argparse.Namespace(a=1)}
@@ -205,5 +209,6 @@ def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     if problem in ("wrong_shape", "extra_key", "missing_key"):
-        assert {"wrong_shape": "final_conv_image.weight", "extra_key": "final_conv_seg",
-                "missing_key": "decoders.3"}[problem] in message
+        assert {"wrong_shape": "final_conv_image.weight", "extra_key": "final_conv_seg", "missing_key": "decoders.3"}[
+            problem
+        ] in message

@@ -1,20 +1,20 @@
-"""Instance-optimisation cascade (caio.cascade, caio.cascade_net)."""
+"""Instance-optimisation cascade (caio.refine.cascade, caio.refine.networks)."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import require_path
 
 from caio import spatial
-from caio.cascade import CascadeConfig, combine, finalize, prepare_inputs, refine, stage_shape
-from caio.cascade_net import build_cascade, save_weights
+from caio.contrast.mind import mind_ssc
 from caio.errors import CaioInputError
-from caio.features import mind_ssc
+from caio.refine.cascade import CascadeConfig, combine, finalize, prepare_inputs, refine, stage_shape
+from caio.refine.networks import build_cascade, save_weights
 
 SMALL = (24, 28, 20)
 
@@ -35,14 +35,10 @@ def _pair(shape=SMALL, seed=0):
 
 
 @pytest.fixture(scope="module")
-def oasis_pair(shared_dir):
-    """Real OASIS pair (LapIRN repository), skull-stripped and aligned, downsampled to 32x40x28."""
-    root = shared_dir / "data" / "lapirn_oasis_pair"
-    out = []
-    for name in ("image_A_160x192x144.nii.gz", "image_B_160x192x144.nii.gz"):
-        array = np.asarray(nib.load(str(root / name)).dataobj, dtype=np.float32) * 255.0
-        out.append(spatial.resize_image(torch.from_numpy(array)[None, None], (32, 40, 28)))
-    return out
+def oasis_pair(data_dir):
+    """Real OASIS pair (LapIRN repository), skull-stripped and aligned, downsampled to 32x40x28 (tests/data)."""
+    pair = np.load(require_path(data_dir / "oasis_pair_32x40x28.npz"))
+    return [torch.from_numpy(pair[k])[None, None] for k in ("fixed", "moving")]
 
 
 def test_stage_grids_follow_the_stage_factors():
@@ -109,8 +105,9 @@ def _check_real_pair_improves(fixed, moving, cfg):
     assert min(report.losses) < 0.9 * report.losses[0]
     assert report.best_step > 25
     # the returned field really aligns the images better (LNCC at the image grid)
-    from caio.losses import lncc
-    from caio.cascade import normalize_image
+    from caio.refine.cascade import normalize_image
+    from caio.refine.losses import lncc
+
     f, m = normalize_image(fixed), normalize_image(moving)
     assert float(lncc(f, spatial.warp(m, disp), 1.5)) > float(lncc(f, m, 1.5)) + 0.02
 
@@ -129,8 +126,9 @@ def test_deadline_is_honoured_and_output_valid():
     fixed, moving = _pair((32, 36, 30))
     budget = 1.5
     start = time.monotonic()
-    disp, report = refine(fixed, moving, torch.zeros(1, 3, 32, 36, 30), CascadeConfig(steps=10_000),
-                          deadline=start + budget)
+    disp, report = refine(
+        fixed, moving, torch.zeros(1, 3, 32, 36, 30), CascadeConfig(steps=10_000), deadline=start + budget
+    )
     elapsed = time.monotonic() - start
     assert elapsed <= 1.1 * budget
     assert report.stopped_by_deadline and report.steps < 10_000
@@ -178,8 +176,9 @@ def test_weights_of_another_architecture_are_a_one_line_input_error(tmp_path):
 def test_multichannel_similarity_inputs_are_used():
     fixed, moving = _pair()
     fsim, msim = mind_ssc(fixed, 1, 2), mind_ssc(moving, 1, 2)
-    disp, report = refine(fixed, moving, torch.zeros(1, 3, *SMALL), CascadeConfig(steps=2),
-                          fixed_sim=fsim, moving_sim=msim)
+    disp, report = refine(
+        fixed, moving, torch.zeros(1, 3, *SMALL), CascadeConfig(steps=2), fixed_sim=fsim, moving_sim=msim
+    )
     assert disp.shape == (1, 3, *SMALL)
     plain, plain_report = refine(fixed, moving, torch.zeros(1, 3, *SMALL), CascadeConfig(steps=2))
     assert report.losses[0] != pytest.approx(plain_report.losses[0], abs=1e-4)

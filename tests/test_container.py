@@ -27,11 +27,18 @@ def _engine_available() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (REPO / "test_data" / "LUMIR25_dataset.json").is_file(), reason="test_data/ not built")
-@pytest.mark.skipif(not _engine_available(), reason="no Docker-compatible engine (see shared/tools/container-runtime.sh)")
+@pytest.mark.skipif(
+    not _engine_available(), reason="no Docker-compatible engine (see shared/tools/container-runtime.sh)"
+)
 def test_validate_sh_builds_runs_and_checks_the_container(tmp_path):
     summary_path = tmp_path / "summary.json"
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "validate.sh"), "--summary", str(summary_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=3000)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "validate.sh"), "--summary", str(summary_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads(summary_path.read_text())
     pairs = json.loads((REPO / "test_data" / "LUMIR25_dataset.json").read_text())["validation"]

@@ -1,4 +1,4 @@
-"""caio.surface_distance and caio.evaluate against the official LUMIR evaluation fixture."""
+"""caio.metrics.surface_distance and caio.metrics.evaluate against the official LUMIR evaluation fixture."""
 
 from __future__ import annotations
 
@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 
 from caio import cli, io, spatial
-from caio import surface_distance as sd
-from caio.evaluate import (DSC, HD95, LUMIR_LABELS, NDV, TRE, evaluate_folder, evaluate_pair, pair_subset,
-                           summarize)
-from caio.evaluate_cli import parse_labels
+from caio.cli.evaluate import parse_labels
 from caio.errors import CaioInputError
+from caio.metrics import surface_distance as sd
+from caio.metrics.evaluate import (
+    DSC,
+    HD95,
+    LUMIR_LABELS,
+    NDV,
+    TRE,
+    evaluate_folder,
+    evaluate_pair,
+    pair_subset,
+    summarize,
+)
 
 CASES = {"A": ("3455", "3454", "caseA"), "B": ("3457", "3456", "caseB")}
 
@@ -100,8 +109,10 @@ def test_surface_distances_match_official_per_label_details(lumir_eval, expected
         assert dist.surfel_areas_b.size == details["n_surfels_warped"]
         assert dist.surfel_areas_a.sum() == pytest.approx(details["surfel_area_fixed"], abs=1e-9)
         assert dist.surfel_areas_b.sum() == pytest.approx(details["surfel_area_warped"], abs=1e-9)
-        directed = [sd.directed_percentile(dist.distances_a_to_b, dist.surfel_areas_a, 95),
-                    sd.directed_percentile(dist.distances_b_to_a, dist.surfel_areas_b, 95)]
+        directed = [
+            sd.directed_percentile(dist.distances_a_to_b, dist.surfel_areas_a, 95),
+            sd.directed_percentile(dist.distances_b_to_a, dist.surfel_areas_b, 95),
+        ]
         assert_same_values(directed, [details["hd95_fixed_to_warped"], details["hd95_warped_to_fixed"]], 1e-9)
         checked += 1
     assert checked >= 10
@@ -150,11 +161,14 @@ def test_evaluate_pair_reproduces_official_case(lumir_eval, expected, case):
     want = expected["cases"][case]
     disp = io.read_displacement(lumir_eval / "submission" / f"disp_{fixed_id}_{moving_id}.nii.gz")
     metrics = evaluate_pair(
-        _volume(lumir_eval, "labelsVal", fixed_id), _volume(lumir_eval, "labelsVal", moving_id), disp,
+        _volume(lumir_eval, "labelsVal", fixed_id),
+        _volume(lumir_eval, "labelsVal", moving_id),
+        disp,
         fixed_image=_volume(lumir_eval, "imagesVal", fixed_id),
         fixed_landmarks=_volume(lumir_eval, "landmarksVal", fixed_id),
         moving_landmarks=_volume(lumir_eval, "landmarksVal", moving_id),
-        labels=want["labels"])
+        labels=want["labels"],
+    )
     assert_same_values(metrics.dice_per_label, want["dice_per_label"], 1e-12)
     assert_same_values(metrics.hd95_per_label, want["hd95_per_label"], 1e-9)
     assert_same_values([metrics.dice, metrics.hd95], [want["dice_mean_nanmean"], want["hd95_mean_nanmean"]], 1e-12)
@@ -197,12 +211,12 @@ def test_per_label_bounding_boxes_do_not_change_results():
     disp = rng.normal(0, 0.8, size=(3, 14, 15, 16))
     labels = [0, 1, 2, 3, 4]
     boxed = evaluate_pair(fixed, moving, disp, labels=labels)
-    negative = evaluate_pair(np.where(fixed == 3, -3, fixed), np.where(moving == 3, -3, moving), disp,
-                             labels=[0, 1, 2, -3, 4])
+    negative = evaluate_pair(
+        np.where(fixed == 3, -3, fixed), np.where(moving == 3, -3, moving), disp, labels=[0, 1, 2, -3, 4]
+    )
     warped = spatial.warp_labels_nearest(moving, disp)
     plain_hd = [sd.hd95(fixed == x, warped == x) for x in labels]
-    plain_dice = [2 * ((fixed == x) & (warped == x)).sum() / ((fixed == x).sum() + (warped == x).sum())
-                  for x in labels]
+    plain_dice = [2 * ((fixed == x) & (warped == x)).sum() / ((fixed == x).sum() + (warped == x).sum()) for x in labels]
     assert_same_values(boxed.hd95_per_label, plain_hd, 0)
     assert_same_values(negative.hd95_per_label, plain_hd, 0)
     assert_same_values(boxed.dice_per_label, plain_dice, 0)
@@ -220,8 +234,11 @@ def ndimage_blobs(rng: np.random.Generator, shape) -> np.ndarray:
 
 def test_summarize_follows_official_aggregation():
     out = summarize([0.4174246014791657, 0.2542126781998081])
-    assert out == {"mean": pytest.approx(0.3358186398394869, abs=1e-15),
-                   "std": pytest.approx(0.08160596163967881, abs=1e-15), "30": pytest.approx(0.30317625518361535)}
+    assert out == {
+        "mean": pytest.approx(0.3358186398394869, abs=1e-15),
+        "std": pytest.approx(0.08160596163967881, abs=1e-15),
+        "30": pytest.approx(0.30317625518361535),
+    }
     with_inf = summarize([2.7, math.inf])
     assert with_inf["mean"] == math.inf and math.isnan(with_inf["std"]) and with_inf["30"] == math.inf
     assert summarize([1.0, 2.0, 3.0, 4.0], quantile=0.7)["30"] == pytest.approx(3.1)
@@ -246,8 +263,9 @@ def test_parse_labels_accepts_lumir_and_integer_lists():
 
 
 def test_evaluate_folder_reproduces_official_metrics(lumir_eval, expected):
-    rows, aggregates = evaluate_folder(lumir_eval / "eval_config.json", lumir_eval / "ground_truth",
-                                       lumir_eval / "submission")
+    rows, aggregates = evaluate_folder(
+        lumir_eval / "eval_config.json", lumir_eval / "ground_truth", lumir_eval / "submission"
+    )
     official = json.loads((lumir_eval / "official_metrics.json").read_text())
     for name in (DSC, HD95, NDV, TRE, "ID_dice"):
         for stat in ("mean", "std", "30"):
@@ -260,16 +278,27 @@ def test_evaluate_folder_reproduces_official_metrics(lumir_eval, expected):
         assert row["status"] == "ok" and row["disp_file"].startswith("disp_")
         assert_same_values(row["dice_per_label"], case[DSC]["detailed"], 1e-12)
         assert_same_values(row["hd95_per_label"], case[HD95]["detailed"], 1e-9)
-        assert_same_values([row["dice"], row["hd95"], row["tre"]],
-                           [case[DSC]["mean"], case[HD95]["mean"], case[TRE]["mean"]], 1e-9)
+        assert_same_values(
+            [row["dice"], row["hd95"], row["tre"]], [case[DSC]["mean"], case[HD95]["mean"], case[TRE]["mean"]], 1e-9
+        )
         assert row["ndv"] == pytest.approx(case[NDV]["mean"], rel=1e-9, abs=1e-15)
 
 
 def test_caio_evaluate_command_writes_csv_and_json(lumir_eval, tmp_path, capsys):
     out = tmp_path / "report"
-    code = cli.main(["evaluate", "--json", str(lumir_eval / "eval_config.json"),
-                     "--data-root", str(lumir_eval / "ground_truth"),
-                     "--disp-dir", str(lumir_eval / "submission"), "--out", str(out)])
+    code = cli.main(
+        [
+            "evaluate",
+            "--json",
+            str(lumir_eval / "eval_config.json"),
+            "--data-root",
+            str(lumir_eval / "ground_truth"),
+            "--disp-dir",
+            str(lumir_eval / "submission"),
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "3455_0000<--3454_0000" in printed and "mean" in printed and "p30" in printed
@@ -289,14 +318,23 @@ def test_caio_evaluate_command_writes_csv_and_json(lumir_eval, tmp_path, capsys)
 
 def test_labels_and_shape_override_and_explicit_folders(lumir_eval):
     root = lumir_eval / "ground_truth"
-    rows, aggregates = evaluate_folder(lumir_eval / "eval_config.json", root, lumir_eval / "submission",
-                                       labels_dir=root / "labelsVal", landmarks_dir=root / "landmarksVal",
-                                       labels=[2, 3], expected_shape=(40, 48, 44), pairs_keys=["eval_pairs"])
+    rows, aggregates = evaluate_folder(
+        lumir_eval / "eval_config.json",
+        root,
+        lumir_eval / "submission",
+        labels_dir=root / "labelsVal",
+        landmarks_dir=root / "landmarksVal",
+        labels=[2, 3],
+        expected_shape=(40, 48, 44),
+        pairs_keys=["eval_pairs"],
+    )
     assert rows[0]["labels"] == [2, 3] and len(rows[0]["dice_per_label"]) == 2
     assert rows[0]["dice"] == pytest.approx(np.mean([0.49853450572875035, 0.33519920974646034]), abs=1e-15)
-    rows, _ = evaluate_folder(lumir_eval / "eval_config.json", root, lumir_eval / "submission",
-                              expected_shape=(40, 48, 45))
+    rows, _ = evaluate_folder(
+        lumir_eval / "eval_config.json", root, lumir_eval / "submission", expected_shape=(40, 48, 45)
+    )
     assert [r["status"] for r in rows] == ["invalid", "invalid"] and "expected" in rows[0]["error"]
     with pytest.raises(CaioInputError, match="labels file not found"):
-        evaluate_folder(lumir_eval / "eval_config.json", root, lumir_eval / "submission",
-                        labels_dir=root / "imagesVal" / "nowhere")
+        evaluate_folder(
+            lumir_eval / "eval_config.json", root, lumir_eval / "submission", labels_dir=root / "imagesVal" / "nowhere"
+        )

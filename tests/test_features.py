@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from caio.features import MIND_CHANNELS, mind_ssc, six_neighbourhood, ssc_pairs
+from caio.contrast.mind import MIND_CHANNELS, mind_ssc, six_neighbourhood, ssc_pairs
 
 
 def _label_map(shape=(32, 32, 32), seed: int = 0) -> torch.Tensor:
@@ -12,7 +12,7 @@ def _label_map(shape=(32, 32, 32), seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     axes = [torch.linspace(-1, 1, n) for n in shape]
     x0, x1, x2 = torch.meshgrid(*axes, indexing="ij")
-    r = torch.sqrt(x0 ** 2 + (1.2 * x1) ** 2 + (0.9 * x2) ** 2)
+    r = torch.sqrt(x0**2 + (1.2 * x1) ** 2 + (0.9 * x2) ** 2)
     wobble = 0.08 * torch.sin(5 * x0 + 3 * x1) + 0.05 * torch.cos(4 * x2 + float(torch.rand(1, generator=g)))
     r = r + wobble
     labels = torch.zeros(shape, dtype=torch.long)
@@ -53,8 +53,8 @@ def test_neighbour_pairs_are_the_12_octahedron_edges():
 
 def test_mind_of_t1_like_and_t2_like_images_agree_far_more_than_intensities():
     labels = _label_map()
-    t1 = _render(labels, [0, 90, 160, 230])     # background dark, "WM" bright
-    t2 = _render(labels, [0, 230, 120, 40])     # contrast inverted inside the head
+    t1 = _render(labels, [0, 90, 160, 230])  # background dark, "WM" bright
+    t2 = _render(labels, [0, 230, 120, 40])  # contrast inverted inside the head
     inside = labels > 0
     raw_corr = _corr(t1, t2, inside)
     m1, m2 = mind_ssc(t1), mind_ssc(t2)
@@ -81,7 +81,7 @@ def test_mind_distinguishes_different_anatomy():
 def test_separable_box_mean_equals_the_3d_box_filter():
     import torch.nn.functional as F
 
-    from caio.features import box_mean
+    from caio.contrast.mind import box_mean
 
     x = torch.rand(1, 2, 9, 10, 11, generator=torch.Generator().manual_seed(0))
     reference = F.avg_pool3d(F.pad(x, [2] * 6, mode="replicate"), 5, stride=1)

@@ -10,26 +10,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+from conftest import require_path
 
 from caio import cli
-from caio.gate import GateConfig, GateDecision, decide, gate_score, is_cross_contrast
+from caio.contrast.gate import GateConfig, GateDecision, decide, gate_score, is_cross_contrast
 
 
 @pytest.fixture(scope="module")
-def spm(shared_dir: Path) -> dict[str, torch.Tensor]:
-    """SPM avg152 T1/T2 and Colin27 T1 (2 mm, MNI space), skull-stripped with the MNI152 2009a brain."""
-    data = shared_dir / "data"
-    ref = nib.load(str(data / "spm_canonical/avg152T1.nii.gz"))
-    mni = nib.load(str(data / "mni_icbm152_2009a_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    vox = np.indices(ref.shape).reshape(3, -1)
-    to_mni = np.linalg.inv(mni.affine) @ ref.affine
-    coords = to_mni[:3, :3] @ vox + to_mni[:3, 3:]
-    mask = ndimage.map_coordinates(np.asarray(mni.dataobj, np.float32), coords, order=0).reshape(ref.shape) > 0
+def spm(data_dir: Path) -> dict[str, torch.Tensor]:
+    """SPM avg152 T1/T2 and Colin27 T1 (2 mm, MNI space), skull-stripped with the MNI152 2009a brain (tests/data)."""
     out = {}
     for name in ("avg152T1", "avg152T2", "single_subj_T1"):
-        image = np.asarray(nib.load(str(data / f"spm_canonical/{name}.nii.gz")).dataobj, np.float32)
-        out[name] = torch.from_numpy(np.where(mask, image, 0))[None, None]
+        path = require_path(data_dir / f"spm_{name}_brain.nii.gz")
+        out[name] = torch.from_numpy(np.asarray(nib.load(str(path)).dataobj, np.float32))[None, None]
     return out
 
 

@@ -38,8 +38,10 @@ def one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
 
 
 def test_load_pairs_reads_validation_list_with_relative_paths(tmp_path):
-    payload = {"training": [{"image": "./imagesTr/LUMIRMRI_0000_0000.nii.gz"}],
-               "validation": [entry("3455", "3454"), entry("4024", "4033", "0000", "0001")]}
+    payload = {
+        "training": [{"image": "./imagesTr/LUMIRMRI_0000_0000.nii.gz"}],
+        "validation": [entry("3455", "3454"), entry("4024", "4033", "0000", "0001")],
+    }
     pairs = io.load_pairs(write_json(tmp_path / "d.json", payload), tmp_path / "root", check_files=False)
     assert [p.key for p in pairs] == ["3455_0000<--3454_0000", "4024_0000<--4033_0001"]
     assert pairs[0].fixed == tmp_path / "root" / "imagesVal" / "LUMIRMRI_3455_0000.nii.gz"
@@ -61,16 +63,22 @@ def test_load_pairs_checks_image_files_when_asked(tmp_path):
     assert "LUMIRMRI_3455_0000.nii.gz" in one_line_naming(err, tmp_path)
 
 
-@pytest.mark.parametrize("payload,keys,problem", [
-    (None, None, "not found"),
-    ("{not json", None, "not valid JSON"),
-    ({"training": [{"image": "./imagesTr/LUMIRMRI_0000_0000.nii.gz"}]}, None, "expected key 'validation'"),
-    ({"test": [entry("0001", "0000")]}, ["validation"], "key 'validation' not found"),
-    ({"validation": [entry("3455", "3454"), {"fixed": VAL.format("3456", "0000")}]}, None, "needs both"),
-    ({"validation": [entry("3455", "3454"), entry("3455", "3454")]}, None, "duplicate pair"),
-    ({"validation": [{"fixed": "./imagesVal/brain.nii.gz", "moving": VAL.format("3454", "0000")}]}, None,
-     "_SSSS_MMMM"),
-])
+@pytest.mark.parametrize(
+    "payload,keys,problem",
+    [
+        (None, None, "not found"),
+        ("{not json", None, "not valid JSON"),
+        ({"training": [{"image": "./imagesTr/LUMIRMRI_0000_0000.nii.gz"}]}, None, "expected key 'validation'"),
+        ({"test": [entry("0001", "0000")]}, ["validation"], "key 'validation' not found"),
+        ({"validation": [entry("3455", "3454"), {"fixed": VAL.format("3456", "0000")}]}, None, "needs both"),
+        ({"validation": [entry("3455", "3454"), entry("3455", "3454")]}, None, "duplicate pair"),
+        (
+            {"validation": [{"fixed": "./imagesVal/brain.nii.gz", "moving": VAL.format("3454", "0000")}]},
+            None,
+            "_SSSS_MMMM",
+        ),
+    ],
+)
 def test_load_pairs_errors_are_one_line_naming_the_file(tmp_path, payload, keys, problem):
     path = tmp_path / "dataset.json"
     if payload is not None:
@@ -84,12 +92,15 @@ def test_load_pairs_errors_are_one_line_naming_the_file(tmp_path, payload, keys,
 # ------------------------------------------------------------------ output names
 
 
-@pytest.mark.parametrize("fixed,moving,names", [
-    (("3455", "0000"), ("3454", "0000"), ["disp_3455_3454.nii.gz"]),
-    (("4024", "0000"), ("4033", "0001"), ["disp_4024_4033.nii.gz"]),
-    (("0001", "0001"), ("0000", "0000"), ["disp_0001_0000.nii.gz", "disp_0001_0001_0000_0000.nii.gz"]),
-    (("0000", "0000"), ("0002", "0002"), ["disp_0000_0002.nii.gz", "disp_0000_0000_0002_0002.nii.gz"]),
-])
+@pytest.mark.parametrize(
+    "fixed,moving,names",
+    [
+        (("3455", "0000"), ("3454", "0000"), ["disp_3455_3454.nii.gz"]),
+        (("4024", "0000"), ("4033", "0001"), ["disp_4024_4033.nii.gz"]),
+        (("0001", "0001"), ("0000", "0000"), ["disp_0001_0000.nii.gz", "disp_0001_0001_0000_0000.nii.gz"]),
+        (("0000", "0000"), ("0002", "0002"), ["disp_0000_0002.nii.gz", "disp_0000_0000_0002_0002.nii.gz"]),
+    ],
+)
 def test_output_names_follow_the_evaluator_rule(tmp_path, fixed, moving, names):
     path = write_json(tmp_path / "d.json", {"validation": [entry(fixed[0], moving[0], fixed[1], moving[1])]})
     pair = io.load_pairs(path, tmp_path, check_files=False)[0]
@@ -155,14 +166,17 @@ def test_read_displacement_accepts_channel_first_and_rejects_bad_files(tmp_path)
     disp = np.random.default_rng(0).standard_normal((3, 4, 5, 6)).astype(np.float32)
     first = save(tmp_path / "first.nii.gz", disp)
     np.testing.assert_array_equal(io.read_displacement(first), disp)
-    for name, array, problem in (("five.nii.gz", disp.transpose(1, 2, 3, 0)[..., None, :], "got"),
-                                 ("nan.nii.gz", np.full((4, 5, 6, 3), np.nan, np.float32), "NaN")):
+    for name, array, problem in (
+        ("five.nii.gz", disp.transpose(1, 2, 3, 0)[..., None, :], "got"),
+        ("nan.nii.gz", np.full((4, 5, 6, 3), np.nan, np.float32), "NaN"),
+    ):
         with pytest.raises(CaioInputError, match=problem):
             io.read_displacement(save(tmp_path / name, array))
     with pytest.raises(CaioInputError, match="expected"):
         io.read_displacement(first, expected_shape=(4, 5, 7))
-    assert "expected float32" in io.validate_displacement_file(save(tmp_path / "f64.nii.gz", disp.astype(np.float64)),
-                                                               shape=(4, 5, 6))
+    assert "expected float32" in io.validate_displacement_file(
+        save(tmp_path / "f64.nii.gz", disp.astype(np.float64)), shape=(4, 5, 6)
+    )
 
 
 def test_write_displacement_refuses_wrong_layout_and_non_finite(tmp_path):
@@ -209,8 +223,15 @@ def half_submission(fixtures_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def evaluate_args(lumir_eval: Path, disp_dir: Path, json_path: Path | None = None) -> list[str]:
-    return ["evaluate", "--json", str(json_path or lumir_eval / "eval_config.json"),
-            "--data-root", str(lumir_eval / "ground_truth"), "--disp-dir", str(disp_dir)]
+    return [
+        "evaluate",
+        "--json",
+        str(json_path or lumir_eval / "eval_config.json"),
+        "--data-root",
+        str(lumir_eval / "ground_truth"),
+        "--disp-dir",
+        str(disp_dir),
+    ]
 
 
 def test_evaluate_missing_displacement_reports_pair_and_exits_nonzero(half_submission, capsys):
@@ -226,8 +247,13 @@ def test_evaluate_bad_json_prints_one_line_without_traceback(half_submission, tm
     lumir_eval, disp_dir = half_submission
     bad = write_json(tmp_path / "bad.json", '{"eval_pairs": [')
     env = dict(os.environ, PYTHONPATH=str(Path(io.__file__).resolve().parents[1]))
-    result = subprocess.run([sys.executable, "-m", "caio.cli", *evaluate_args(lumir_eval, disp_dir, bad)],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "caio", *evaluate_args(lumir_eval, disp_dir, bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.json" in lines[0] and "not valid JSON" in lines[0]

@@ -1,11 +1,11 @@
-"""LNCC and diffusion losses of the cascade (caio.losses)."""
+"""LNCC and diffusion losses of the cascade (caio.refine.losses)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from caio.losses import diffusion, lncc, lncc_loss, local_ncc
+from caio.refine.losses import diffusion, lncc, lncc_loss, local_ncc
 
 
 def _texture(shape=(20, 22, 18), channels=1, seed=0) -> torch.Tensor:
@@ -40,7 +40,7 @@ def test_lncc_of_flat_images_is_zero_and_finite():
 
 def test_lncc_averages_channels():
     a, b = _texture(channels=2, seed=2), _texture(channels=2, seed=3)
-    per_channel = [float(lncc(a[:, c:c + 1], b[:, c:c + 1], 1.5)) for c in range(2)]
+    per_channel = [float(lncc(a[:, c : c + 1], b[:, c : c + 1], 1.5)) for c in range(2)]
     assert float(lncc(a, b, 1.5)) == pytest.approx(sum(per_channel) / 2, abs=1e-6)
 
 

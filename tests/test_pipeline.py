@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+import _pipeline_doubles as doubles
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-import _pipeline_doubles as doubles
+from caio import pipeline
 from caio.errors import CaioInputError
 from caio.io import load_pairs, validate_displacement_file, write_displacement
-from caio import pipeline
 from caio.pipeline import PipelineConfig, load_models, register_pair, run
+from caio.pipeline import pair as pair_module
+from caio.weights.manifest import CASCADE_INIT_NAME
+
+run_module = importlib.import_module("caio.pipeline.run")  # the attribute caio.pipeline.run is the function
 
 CFG = PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE)
 
@@ -30,8 +35,11 @@ def _read(path: Path) -> np.ndarray:
 def test_output_is_backbone_then_cascade_written_float32_channel_last(tmp_path, monkeypatch):
     calls = doubles.install(monkeypatch, shift=0.5, cascade_add=0.25)
     pairs = _pairs(tmp_path, [("0002_0000", "0001_0000")])
-    summary = run(pairs, tmp_path / "out", PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE,
-                                                           steps=7, seed=3))
+    summary = run(
+        pairs,
+        tmp_path / "out",
+        PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE, steps=7, seed=3),
+    )
     assert summary.exit_code == 0 and summary.count("ok") == 1
     result = summary.results[0]
     assert result.path == "training-free+cascade" and result.steps == 21
@@ -39,7 +47,7 @@ def test_output_is_backbone_then_cascade_written_float32_channel_last(tmp_path, 
     data = _read(tmp_path / "out" / "disp_0002_0001.nii.gz")
     assert data.dtype == np.float32 and data.shape == (*doubles.SHAPE, 3)
     np.testing.assert_allclose(data, 0.75)
-    assert not list((tmp_path / "out").glob(".tmp_*"))
+    assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
 def test_unusual_modality_pair_written_under_short_and_long_name(tmp_path, monkeypatch):
@@ -54,8 +62,13 @@ def test_unusual_modality_pair_written_under_short_and_long_name(tmp_path, monke
 
 def test_bad_pairs_are_skipped_with_one_line_and_the_rest_written(tmp_path, monkeypatch):
     doubles.install(monkeypatch)
-    spec = [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000"), ("0004_0000", "0001_0000"),
-            ("0005_0000", "0001_0000"), ("0006_0000", "0001_0000")]
+    spec = [
+        ("0002_0000", "0001_0000"),
+        ("0003_0000", "0001_0000"),
+        ("0004_0000", "0001_0000"),
+        ("0005_0000", "0001_0000"),
+        ("0006_0000", "0001_0000"),
+    ]
     pairs = _pairs(tmp_path, spec)
     images = tmp_path / "data" / "imagesVal"
     nan = np.ones(doubles.SHAPE, np.float32)
@@ -102,7 +115,7 @@ def test_resume_with_everything_done_loads_no_model(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("models loaded although every output is valid")
 
-    monkeypatch.setattr("caio.pipeline_run.load_models", boom)
+    monkeypatch.setattr(run_module, "load_models", boom)
     summary = run(pairs, tmp_path / "out", CFG, resume=True)
     assert summary.results[0].status == "resumed" and summary.exit_code == 0
 
@@ -111,7 +124,7 @@ def test_models_are_loaded_once_per_run(tmp_path, monkeypatch):
     doubles.install(monkeypatch)
     count = []
     real = pipeline.load_models
-    monkeypatch.setattr("caio.pipeline_run.load_models", lambda *a, **k: count.append(1) or real(*a, **k))
+    monkeypatch.setattr(run_module, "load_models", lambda *a, **k: count.append(1) or real(*a, **k))
     pairs = _pairs(tmp_path, [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000"), ("0001_0000", "0003_0000")])
     assert run(pairs, tmp_path / "out", CFG).exit_code == 0
     assert len(count) == 1
@@ -119,7 +132,7 @@ def test_models_are_loaded_once_per_run(tmp_path, monkeypatch):
 
 def test_out_of_memory_retries_with_lower_memory_setting(tmp_path, monkeypatch):
     calls = doubles.install(monkeypatch, oom_unless_low_memory=True)
-    monkeypatch.setattr(pipeline, "_attempts", lambda device: [(device, False), (device, True)])
+    monkeypatch.setattr(pair_module, "_attempts", lambda device: [(device, False), (device, True)])
     pairs = _pairs(tmp_path, [("0002_0000", "0001_0000")])
     result = register_pair(pairs[0], CFG, load_models(CFG))
     assert result.status == "ok"
@@ -128,9 +141,9 @@ def test_out_of_memory_retries_with_lower_memory_setting(tmp_path, monkeypatch):
 
 
 def test_cuda_attempt_order_ends_on_cpu():
-    attempts = pipeline._attempts(torch.device("cuda:0"))
+    attempts = pair_module._attempts(torch.device("cuda:0"))
     assert attempts == [(torch.device("cuda:0"), False), (torch.device("cuda:0"), True), (torch.device("cpu"), False)]
-    assert pipeline._attempts(torch.device("cpu")) == [(torch.device("cpu"), False)]
+    assert pair_module._attempts(torch.device("cpu")) == [(torch.device("cpu"), False)]
 
 
 def test_failing_backbone_starts_cascade_from_identity(tmp_path, monkeypatch):
@@ -224,25 +237,38 @@ def test_non_finite_cascade_output_falls_back_to_the_backbone(tmp_path, monkeypa
 
 
 def test_vfa_weights_present_are_loaded_once_and_used_as_backbone(tmp_path, monkeypatch):
-    pytest.importorskip("caio.vfa")
-    pytest.importorskip("caio.weights")
     import json
 
-    from caio.vfa import VFA, VFAConfig
+    from caio.backbone.vfa import VFA, VFAConfig
 
-    calls = doubles.install(monkeypatch, cascade_add=0.0, keep=("caio.vfa", "caio.weights"))
+    calls = doubles.install(monkeypatch, cascade_add=0.0, keep=("caio.weights",))
     weights = tmp_path / "weights"
     weights.mkdir()
     torch.manual_seed(0)
     torch.save({"model_state_dict": VFA(VFAConfig()).state_dict()}, weights / "mono.pth")
-    (weights / "manifest.json").write_text(json.dumps({"weights": [
-        {"name": "test-mono", "role": "backbone_mono", "file": "mono.pth", "urls": [], "sha256": None,
-         "licence": "test", "checkpoint_key": "model_state_dict", "input_scale": 1.0}]}))
+    (weights / "manifest.json").write_text(
+        json.dumps(
+            {
+                "weights": [
+                    {
+                        "name": "test-mono",
+                        "role": "backbone_mono",
+                        "file": "mono.pth",
+                        "urls": [],
+                        "sha256": None,
+                        "licence": "test",
+                        "checkpoint_key": "model_state_dict",
+                        "input_scale": 1.0,
+                    }
+                ]
+            }
+        )
+    )
     loads = []
-    import caio.vfa
+    from caio.pipeline import models as models_module
 
-    real_load = caio.vfa.load_vfa
-    monkeypatch.setattr(caio.vfa, "load_vfa", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = models_module.LOADERS["vfa_mono"]
+    monkeypatch.setitem(models_module.LOADERS, "vfa_mono", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     pairs = _pairs(tmp_path, [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000")])
     cfg = PipelineConfig(device="cpu", budget_s=30, expected_shape=doubles.SHAPE, weights_dir=weights)
     summary = run(pairs, tmp_path / "out", cfg)
@@ -250,8 +276,9 @@ def test_vfa_weights_present_are_loaded_once_and_used_as_backbone(tmp_path, monk
     assert len(loads) == 1 and calls.training_free == []
     data = _read(tmp_path / "out" / "disp_0002_0001.nii.gz")
     assert np.isfinite(data).all() and np.abs(data).max() > 0
-    cfg_tf = PipelineConfig(device="cpu", budget_s=30, expected_shape=doubles.SHAPE, weights_dir=weights,
-                            mode="training-free")
+    cfg_tf = PipelineConfig(
+        device="cpu", budget_s=30, expected_shape=doubles.SHAPE, weights_dir=weights, mode="training-free"
+    )
     assert [r.path for r in run(pairs, tmp_path / "out2", cfg_tf).results] == ["training-free+cascade"] * 2
 
 
@@ -275,17 +302,17 @@ def test_cascade_initial_weights_are_passed_and_a_broken_file_is_ignored(tmp_pat
     calls = doubles.install(monkeypatch)
     weights = tmp_path / "weights"
     weights.mkdir()
-    (weights / pipeline.CASCADE_INIT_NAME).write_bytes(b"broken")
+    (weights / CASCADE_INIT_NAME).write_bytes(b"broken")
     pairs = _pairs(tmp_path, [("0002_0000", "0001_0000")])
     cfg = PipelineConfig(device="cpu", budget_s=20, expected_shape=doubles.SHAPE, weights_dir=weights)
     result = run(pairs, tmp_path / "out", cfg).results[0]
     assert result.status == "ok" and result.path == "training-free+cascade"
-    assert [c["init_state"] for c in calls.cascade] == [weights / pipeline.CASCADE_INIT_NAME, None]
+    assert [c["init_state"] for c in calls.cascade] == [weights / CASCADE_INIT_NAME, None]
 
 
 def test_cascade_runs_coarser_stages_on_cpu_than_on_cuda():
-    from caio.cascade import CascadeConfig
-    from caio.pipeline_stages import cascade_config_for
+    from caio.pipeline.stages import cascade_config_for
+    from caio.refine.cascade import CascadeConfig
 
     cpu, cuda = cascade_config_for(torch.device("cpu")), cascade_config_for(torch.device("cuda"), steps=7)
     assert cuda.stage_factors == CascadeConfig().stage_factors and cuda.steps == 7
@@ -295,7 +322,7 @@ def test_cascade_runs_coarser_stages_on_cpu_than_on_cuda():
 
 
 def test_budget_defaults_to_a_minute_on_gpu_and_five_on_cpu_unless_given():
-    from caio.pipeline import budget_for
+    from caio.pipeline.config import budget_for
 
     assert budget_for(PipelineConfig(), torch.device("cuda")) == 60.0
     assert budget_for(PipelineConfig(), torch.device("cpu")) == 300.0

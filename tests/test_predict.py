@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import _pipeline_doubles as doubles
 import pytest
 
-import _pipeline_doubles as doubles
+from caio.cli.predict import detect_layout, main, parse_shard, prepare_cache_env, select_shard
 from caio.errors import CaioInputError
 from caio.io import validate_displacement_file
-from caio.predict_cli import detect_layout, main, parse_shard, prepare_cache_env, select_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +33,10 @@ def test_layout_2025_is_found(tmp_path):
     layout = detect_layout(tmp_path)
     assert layout.source == "2025"
     assert (layout.json, layout.input, layout.output) == (
-        tmp_path / "app/LUMIR25_dataset.json", tmp_path / "app/input", tmp_path / "app/output")
+        tmp_path / "app/LUMIR25_dataset.json",
+        tmp_path / "app/input",
+        tmp_path / "app/output",
+    )
 
 
 def test_layout_2024_is_the_fallback(tmp_path):
@@ -43,8 +45,11 @@ def test_layout_2024_is_the_fallback(tmp_path):
     _touch(tmp_path / "app/input", is_dir=True)  # 2025 data root without its JSON: not a 2025 layout
     layout = detect_layout(tmp_path)
     assert layout.source == "2024"
-    assert (layout.json, layout.input, layout.output) == (tmp_path / "LUMIR_dataset.json", tmp_path / "input",
-                                                          tmp_path / "output")
+    assert (layout.json, layout.input, layout.output) == (
+        tmp_path / "LUMIR_dataset.json",
+        tmp_path / "input",
+        tmp_path / "output",
+    )
 
 
 def test_layout_2025_wins_when_both_exist(tmp_path):
@@ -113,16 +118,38 @@ def test_caches_move_to_tmp_when_home_is_not_writable(tmp_path):
 def _cli(tmp_path, spec, *extra, monkeypatch, capsys, **double_kw):
     doubles.install(monkeypatch, **double_kw)
     json_path = doubles.make_dataset(tmp_path / "data", spec)
-    argv = ["--json", str(json_path), "--input", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
-            "--shape", "32x32x32", "--device", "cpu", "--no-progress", *extra]
+    argv = [
+        "--json",
+        str(json_path),
+        "--input",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "out"),
+        "--shape",
+        "32",
+        "32",
+        "32",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
     code = main(argv)
     return code, capsys.readouterr()
 
 
 def test_predict_writes_valid_outputs_one_line_per_pair_and_report(tmp_path, monkeypatch, capsys):
     spec = [("0002_0000", "0001_0000"), ("0003_0000", "0002_0000"), ("0001_0000", "0003_0001")]
-    code, cap = _cli(tmp_path, spec, "--report", str(tmp_path / "rep/report.json"), "--steps", "2",
-                     monkeypatch=monkeypatch, capsys=capsys)
+    code, cap = _cli(
+        tmp_path,
+        spec,
+        "--report",
+        str(tmp_path / "rep/report.json"),
+        "--steps",
+        "2",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0
     lines = [line for line in cap.out.splitlines() if line.startswith("[")]
     assert len(lines) == 3
@@ -138,10 +165,26 @@ def test_predict_writes_valid_outputs_one_line_per_pair_and_report(tmp_path, mon
 def test_predict_bad_pair_exit_nonzero_others_written(tmp_path, monkeypatch, capsys):
     doubles.install(monkeypatch)
     json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000")])
-    doubles.write_volume(tmp_path / "data/imagesVal/LUMIRMRI_0003_0000.nii.gz",
-                         __import__("numpy").zeros((8, 8, 8), "float32"))
-    code = main(["--json", str(json_path), "--input", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
-                 "--shape", "32x32x32", "--device", "cpu", "--no-progress"])
+    doubles.write_volume(
+        tmp_path / "data/imagesVal/LUMIRMRI_0003_0000.nii.gz", __import__("numpy").zeros((8, 8, 8), "float32")
+    )
+    code = main(
+        [
+            "--json",
+            str(json_path),
+            "--input",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--shape",
+            "32",
+            "32",
+            "32",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     cap = capsys.readouterr()
     assert code == 1
     assert (tmp_path / "out/disp_0002_0001.nii.gz").is_file() and not (tmp_path / "out/disp_0003_0001.nii.gz").exists()
@@ -153,8 +196,22 @@ def test_predict_shard_and_resume(tmp_path, monkeypatch, capsys):
     spec = [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000"), ("0004_0000", "0001_0000")]
     code, cap = _cli(tmp_path, spec, "--shard", "1/2", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["disp_0003_0001.nii.gz"]
-    code = main(["--json", str(tmp_path / "data/LUMIR25_dataset.json"), "--input", str(tmp_path / "data"),
-                 "--output", str(tmp_path / "out"), "--shape", "32x32x32", "--no-progress", "--resume"])
+    code = main(
+        [
+            "--json",
+            str(tmp_path / "data/LUMIR25_dataset.json"),
+            "--input",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--shape",
+            "32",
+            "32",
+            "32",
+            "--no-progress",
+            "--resume",
+        ]
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert code == 0 and [line.split()[2] for line in lines] == ["ok", "resumed", "ok"]
 
@@ -162,7 +219,7 @@ def test_predict_shard_and_resume(tmp_path, monkeypatch, capsys):
 def test_environment_sets_defaults_and_flags_win(monkeypatch):
     import argparse
 
-    from caio.predict_cli import add_arguments
+    from caio.cli.predict import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, environ={"CAIO_BUDGET_S": "12.5", "CAIO_STEPS": "3", "CAIO_SHARD": "1/3"})
@@ -174,22 +231,44 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch):
 
 def test_predict_py_without_dataset_prints_one_line_and_exits_2(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HOME=str(tmp_path))
-    proc = subprocess.run([sys.executable, str(REPO / "predict.py"), "--no-progress"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "predict.py"), "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "no dataset found" in errors[0] and "Traceback" not in proc.stderr
 
 
-REAL_MODULES = all(importlib.util.find_spec(m) is not None for m in ("caio.convex", "caio.cascade", "caio.gate"))
-
-
-@pytest.mark.skipif(not REAL_MODULES, reason="caio.convex / caio.cascade / caio.gate not available")
 def test_predict_with_the_real_modules_on_tiny_volumes(tmp_path, capsys):
     json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0003_0001")])
-    code = main(["--json", str(json_path), "--input", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
-                 "--shape", "32x32x32", "--device", "cpu", "--no-progress", "--budget-s", "20", "--steps", "1",
-                 "--weights", str(tmp_path / "no-weights")])
+    code = main(
+        [
+            "--json",
+            str(json_path),
+            "--input",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--shape",
+            "32",
+            "32",
+            "32",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--budget-s",
+            "20",
+            "--steps",
+            "1",
+            "--weights",
+            str(tmp_path / "no-weights"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert validate_displacement_file(tmp_path / "out" / "disp_0002_0003.nii.gz", (32, 32, 32)) is None
@@ -198,14 +277,30 @@ def test_predict_with_the_real_modules_on_tiny_volumes(tmp_path, capsys):
 
 
 def test_predict_qc_writes_pictures_per_pair(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("caio.qc")
     doubles.install(monkeypatch, keep=("caio.qc",))
     json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000")])
     labels = __import__("numpy").zeros((32, 32, 32), "uint8")
     labels[8:24, 8:24, 8:24] = 3
     doubles.write_volume(tmp_path / "data/labelsVal/LUMIRMRI_0002_0000.nii.gz", labels)
-    code = main(["--json", str(json_path), "--input", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
-                 "--shape", "32x32x32", "--device", "cpu", "--no-progress", "--qc", str(tmp_path / "qc")])
+    code = main(
+        [
+            "--json",
+            str(json_path),
+            "--input",
+            str(tmp_path / "data"),
+            "--output",
+            str(tmp_path / "out"),
+            "--shape",
+            "32",
+            "32",
+            "32",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--qc",
+            str(tmp_path / "qc"),
+        ]
+    )
     assert code == 0
     pictures = sorted(p.name for p in (tmp_path / "qc").iterdir())
     assert pictures and all(p.startswith("disp_0002_0001") and p.endswith(".png") for p in pictures)

@@ -1,4 +1,4 @@
-"""``caio pretrain`` (caio.pretrain): resume, weights file, errors."""
+"""``caio pretrain`` (caio.refine.pretrain): resume, weights file, errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from caio import pretrain
-from caio.cascade import CascadeConfig, refine
 from caio.cli import main as cli_main
+from caio.cli import pretrain as pretrain_cli
 from caio.errors import CaioInputError
+from caio.refine import pretrain
+from caio.refine.cascade import CascadeConfig, refine
 
 SHAPE = (20, 24, 18)
 CFG = CascadeConfig(base_channels=8)
@@ -47,11 +48,13 @@ def test_resume_continues_exactly_like_a_straight_run(volume_folder, tmp_path):
     volumes = _volumes(volume_folder)
     straight = pretrain.train(volumes, CFG, steps=6, lr=1e-3, seed=3, progress=False)
     ckpt = tmp_path / "run.ckpt"
-    first = pretrain.train(volumes, CFG, steps=6, lr=1e-3, seed=3, checkpoint=ckpt, checkpoint_every=2,
-                           stop_after=4, progress=False)
+    first = pretrain.train(
+        volumes, CFG, steps=6, lr=1e-3, seed=3, checkpoint=ckpt, checkpoint_every=2, stop_after=4, progress=False
+    )
     assert torch.load(ckpt, weights_only=True)["step"] == 4
-    resumed = pretrain.train(volumes, CFG, steps=6, lr=1e-3, seed=3, checkpoint=ckpt, checkpoint_every=2,
-                             resume=True, progress=False)
+    resumed = pretrain.train(
+        volumes, CFG, steps=6, lr=1e-3, seed=3, checkpoint=ckpt, checkpoint_every=2, resume=True, progress=False
+    )
     s_straight, s_first, s_resumed = (n.state_dict() for n in (straight, first, resumed))
     assert all(torch.equal(s_straight[k], s_resumed[k]) for k in s_straight)
     assert not all(torch.equal(s_straight[k], s_first[k]) for k in s_straight)  # 4 steps != 6 steps
@@ -59,18 +62,33 @@ def test_resume_continues_exactly_like_a_straight_run(volume_folder, tmp_path):
 
 def test_resume_without_checkpoint_is_an_input_error(volume_folder, tmp_path):
     with pytest.raises(CaioInputError, match="missing.ckpt"):
-        pretrain.train(_volumes(volume_folder), CFG, steps=2, checkpoint=tmp_path / "missing.ckpt", resume=True,
-                       progress=False)
+        pretrain.train(
+            _volumes(volume_folder), CFG, steps=2, checkpoint=tmp_path / "missing.ckpt", resume=True, progress=False
+        )
 
 
 def test_cli_writes_a_small_weights_file_that_refine_loads(volume_folder, tmp_path):
     out = tmp_path / "w.pt"
     parser = argparse.ArgumentParser()
-    pretrain.add_arguments(parser)
-    args = parser.parse_args([str(volume_folder), "--out", str(out), "--steps", "3", "--lr", "1e-3",
-                              "--checkpoint-every", "2", "--stage-factors", "2", "1"])
+    pretrain_cli.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            str(volume_folder),
+            "--output",
+            str(out),
+            "--steps",
+            "3",
+            "--lr",
+            "1e-3",
+            "--checkpoint-every",
+            "2",
+            "--stage-factors",
+            "2",
+            "1",
+        ]
+    )
     # the default networks: check the file layout and that refine accepts it
-    assert pretrain.run(args) == 0
+    assert pretrain_cli.run(args) == 0
     payload = torch.load(out, weights_only=True)
     assert payload["format_version"] == 1 and payload["arch"]["n_stages"] == 2
     assert all(v.dtype == torch.float16 for v in payload["state_dict"].values())
@@ -84,6 +102,6 @@ def test_cli_writes_a_small_weights_file_that_refine_loads(volume_folder, tmp_pa
 def test_cli_reports_a_folder_without_volumes_in_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert cli_main(["pretrain", str(empty), "--out", str(tmp_path / "w.pt")]) == 2
+    assert cli_main(["pretrain", str(empty), "--output", str(tmp_path / "w.pt")]) == 2
     err = capsys.readouterr().err
     assert "empty" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

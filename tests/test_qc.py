@@ -31,7 +31,7 @@ def _folding_disp() -> np.ndarray:
     idx = np.indices(SHAPE).astype(np.float32)
     disp = np.zeros((3, *SHAPE), np.float32)
     disp[1] = 3.0  # undoes the roll
-    bump = np.exp(-((idx[0] - 20) ** 2 + (idx[1] - 28) ** 2 + (idx[2] - 24) ** 2) / (2 * 2.0 ** 2))
+    bump = np.exp(-((idx[0] - 20) ** 2 + (idx[1] - 28) ** 2 + (idx[2] - 24) ** 2) / (2 * 2.0**2))
     disp[0] += 6.0 * bump  # folds: d disp0 / d x0 < -1 on one side of the bump
     return disp
 
@@ -50,15 +50,16 @@ def test_write_qc_writes_two_nontrivial_pngs(tmp_path: Path):
         assert path.is_file() and path.stat().st_size > 10_000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert _png_std(path) > 0.05
-    assert not list((tmp_path / "qc").glob(".tmp_*"))
+    assert not list((tmp_path / "qc").glob(".*.tmp"))
 
 
 def test_write_qc_accepts_tensors_and_marks_folds(tmp_path: Path):
     fixed, moving, _ = _phantom()
     disp = torch.from_numpy(_folding_disp())[None]
     smooth = torch.zeros_like(disp)
-    folded = write_qc(torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None], disp, tmp_path,
-                      "fold")[1]
+    folded = write_qc(
+        torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None], disp, tmp_path, "fold"
+    )[1]
     plain = write_qc(fixed, moving, smooth, tmp_path, "plain")[1]
     import matplotlib.image
 
@@ -78,11 +79,11 @@ def test_write_qc_rejects_mismatched_grids(tmp_path: Path):
 
 def test_slices_are_displayed_in_ras_orientation():
     volume = np.zeros((10, 12, 14))
-    volume[9, 0, 0] = 1.0   # right, posterior, inferior corner
-    axial = _slice(volume, 2, 0)          # imshow(origin="lower"): rows go up (anterior), columns right
-    assert axial.shape == (12, 10) and axial[0, 9] == 1.0        # bottom right = posterior right
+    volume[9, 0, 0] = 1.0  # right, posterior, inferior corner
+    axial = _slice(volume, 2, 0)  # imshow(origin="lower"): rows go up (anterior), columns right
+    assert axial.shape == (12, 10) and axial[0, 9] == 1.0  # bottom right = posterior right
     coronal = _slice(volume, 1, 0)
-    assert coronal.shape == (14, 10) and coronal[0, 9] == 1.0    # bottom right = inferior right
+    assert coronal.shape == (14, 10) and coronal[0, 9] == 1.0  # bottom right = inferior right
     sagittal = _slice(volume, 0, 9)
     assert sagittal.shape == (14, 12) and sagittal[0, 0] == 1.0  # bottom left = inferior posterior
 
@@ -113,8 +114,17 @@ def test_cli_qc(tmp_path: Path, capsys):
     write_nifti_atomic(tmp_path / "m.nii.gz", moving.astype(np.uint8))
     write_nifti_atomic(tmp_path / "l.nii.gz", labels)
     write_displacement(tmp_path / "disp_0002_0001.nii.gz", _folding_disp())
-    args = ["qc", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
-            "--disp", str(tmp_path / "disp_0002_0001.nii.gz"), "--out", str(tmp_path / "out")]
+    args = [
+        "qc",
+        "--fixed",
+        str(tmp_path / "f.nii.gz"),
+        "--moving",
+        str(tmp_path / "m.nii.gz"),
+        "--disp",
+        str(tmp_path / "disp_0002_0001.nii.gz"),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     assert cli_main(args + ["--fixed-labels", str(tmp_path / "l.nii.gz")]) == 0
     assert (tmp_path / "out/disp_0002_0001_images.png").stat().st_size > 10_000
     write_displacement(tmp_path / "small.nii.gz", np.zeros((3, 8, 8, 8), np.float32))

@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 from caio import io, spatial
+from caio.metrics import ndv
 
 SHAPE = (20, 24, 28)  # all different, so that an axis mix-up cannot pass
 
@@ -118,13 +119,13 @@ def test_jacobian_determinant_of_identity_is_one_and_folding_is_negative():
 
 
 def test_ndv_of_identity_is_zero_and_of_a_folded_field_positive():
-    assert spatial.ndv_percent(np.zeros((3, *SHAPE))) == 0.0
-    assert spatial.ndv_percent(smooth_field(amplitude=0.3, sigma=4.0)[0].numpy()) == 0.0
+    assert ndv.ndv_percent(np.zeros((3, *SHAPE))) == 0.0
+    assert ndv.ndv_percent(smooth_field(amplitude=0.3, sigma=4.0)[0].numpy()) == 0.0
     folded = folding_field()[0].numpy()
-    assert spatial.ndv_percent(folded) > 0.0
+    assert ndv.ndv_percent(folded) > 0.0
     mask = np.zeros(SHAPE, bool)  # a mask away from the fold sees nothing
     mask[:3, :3, :3] = True
-    assert spatial.ndv_percent(folded, mask) == 0.0
+    assert ndv.ndv_percent(folded, mask) == 0.0
 
 
 @pytest.mark.parametrize("rows_per_chunk", [1, 5, 100])
@@ -132,10 +133,10 @@ def test_ndv_percent_equals_the_sum_over_the_ten_full_jacobian_maps(rows_per_chu
     disp = (folding_field() + smooth_field(amplitude=1.5, sigma=2.0, seed=4))[0].numpy()
     mask = np.random.default_rng(5).random(SHAPE) > 0.3
     crop = (slice(1, -1),) * 3
-    reference = sum(np.maximum(-j[crop], 0)[mask[crop]].sum() for j in spatial.tetrahedral_jacobians(disp))
+    reference = sum(np.maximum(-j[crop], 0)[mask[crop]].sum() for j in ndv.tetrahedral_jacobians(disp))
     reference = 100.0 * reference / 12.0 / mask[crop].sum()
     assert reference > 0.1
-    assert spatial.ndv_percent(disp, mask, rows_per_chunk=rows_per_chunk) == pytest.approx(reference, rel=1e-12)
+    assert ndv.ndv_percent(disp, mask, rows_per_chunk=rows_per_chunk) == pytest.approx(reference, rel=1e-12)
 
 
 def test_gaussian_blur_keeps_constants_and_resize_image_keeps_shape():
@@ -162,8 +163,9 @@ def test_warp_labels_nearest_and_ndv_reproduce_fixture(lumir_eval, case, fixed_i
     expected = json.loads((lumir_eval / "expected.json").read_text())["cases"][case]
     intermediates = np.load(lumir_eval / "intermediates.npz")
     gt = lumir_eval / "ground_truth"
-    disp = io.read_displacement(lumir_eval / "submission" / f"disp_{fixed_id}_{moving_id}.nii.gz",
-                                expected_shape=(40, 48, 44))
+    disp = io.read_displacement(
+        lumir_eval / "submission" / f"disp_{fixed_id}_{moving_id}.nii.gz", expected_shape=(40, 48, 44)
+    )
     for kind, key in (("labelsVal", "seg"), ("landmarksVal", "landmarks")):
         moving = np.asarray(nib.load(str(gt / kind / f"LUMIRMRI_{moving_id}_0000.nii.gz")).dataobj)
         warped = spatial.warp_labels_nearest(moving, disp)
@@ -171,9 +173,13 @@ def test_warp_labels_nearest_and_ndv_reproduce_fixture(lumir_eval, case, fixed_i
         assert warped.dtype == moving.dtype
         np.testing.assert_array_equal(warped, wanted)
     fixed_image = np.asarray(nib.load(str(gt / "imagesVal" / f"LUMIRMRI_{fixed_id}_0000.nii.gz")).get_fdata())
-    assert spatial.ndv_percent(disp, fixed_image > 0) == pytest.approx(expected["ndv_percent"], rel=1e-9, abs=1e-15)
-    sums = dict(zip(["+x+y+z", "+x+y-z", "+x-y+z", "+x-y-z", "-x+y+z", "-x+y-z", "-x-y+z", "-x-y-z",
-                     "Jstar_1", "Jstar_2"], spatial.tetrahedral_jacobians(disp)))
+    assert ndv.ndv_percent(disp, fixed_image > 0) == pytest.approx(expected["ndv_percent"], rel=1e-9, abs=1e-15)
+    sums = dict(
+        zip(
+            ["+x+y+z", "+x+y-z", "+x-y+z", "+x-y-z", "-x+y+z", "-x+y-z", "-x-y+z", "-x-y-z", "Jstar_1", "Jstar_2"],
+            ndv.tetrahedral_jacobians(disp),
+        )
+    )
     mask = (fixed_image > 0)[1:-1, 1:-1, 1:-1]
     for name, jac in sums.items():
         neg = np.maximum(-jac[1:-1, 1:-1, 1:-1], 0)[mask].sum()

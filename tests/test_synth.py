@@ -1,4 +1,4 @@
-"""Tests of caio.synth / caio.synth_models (synthetic multi-contrast data) and of test_data/."""
+"""Tests of caio.synth.generator / caio.synth.contrast_models (synthetic multi-contrast data) and of test_data/."""
 
 from __future__ import annotations
 
@@ -9,13 +9,22 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import require_path
 
 from caio import spatial
 from caio.cli import main as cli_main
 from caio.io import LUMIR_SHAPE, load_pairs, output_names, read_volume
-from caio.synth import (brain_mask, canonical_labels, fit_template_affine, label_centroids, load_label_map_ras,
-                        make_subject, random_displacement, write_synthetic_dataset)
-from caio.synth_models import TEMPLATE_CENTROIDS, SynthConfig, generator_for, synthesize_image
+from caio.synth.contrast_models import TEMPLATE_CENTROIDS, SynthConfig, generator_for, synthesize_image
+from caio.synth.generator import (
+    brain_mask,
+    canonical_labels,
+    fit_template_affine,
+    label_centroids,
+    load_label_map_ras,
+    make_subject,
+    random_displacement,
+    write_synthetic_dataset,
+)
 
 SMALL = (32, 48, 40)
 WM, GM, CSF = (2, 41), (3, 42), (4, 43)
@@ -50,8 +59,8 @@ def test_label_centroids_match_scipy():
         np.testing.assert_allclose(centroid, ndimage.center_of_mass(labels == value), atol=1e-9)
 
 
-def test_template_centroids_match_voxelmorph_scan(shared_dir: Path):
-    data = np.load(shared_dir / "data/voxelmorph_test_scan/test_scan.npz")
+def test_template_centroids_match_voxelmorph_scan(data_dir: Path):
+    data = np.load(require_path(data_dir / "voxelmorph_test_seg.npz"))
     seg = np.flip(np.swapaxes(data["seg"], 1, 2), axis=(0, 2)).astype(np.int32)
     assert seg.shape == LUMIR_SHAPE
     centroids = label_centroids(seg)
@@ -117,11 +126,14 @@ def test_labels_and_image_stay_aligned(aseg_a: np.ndarray):
                 assert abs(wm.mean() - csf.mean()) > 2 * max(wm.std(), csf.std()), contrast
 
 
-@pytest.mark.parametrize("contrast, order", [
-    ("t1", (WM, GM, CSF)),     # WM > GM > CSF
-    ("t2", (CSF, GM, WM)),     # reversed
-    ("flair", (GM, WM, CSF)),  # like T2 for tissue, dark CSF
-])
+@pytest.mark.parametrize(
+    "contrast, order",
+    [
+        ("t1", (WM, GM, CSF)),  # WM > GM > CSF
+        ("t2", (CSF, GM, WM)),  # reversed
+        ("flair", (GM, WM, CSF)),  # like T2 for tissue, dark CSF
+    ],
+)
 def test_contrast_orderings_hold_on_average(aseg_a: np.ndarray, contrast: str, order):
     labels = canonical_labels(aseg_a[40:120:2, 60:180:2, 50:150:2])
     means = np.zeros(3)
@@ -173,8 +185,9 @@ def test_same_seed_identical_files_different_seed_different(small_label_file: Pa
 
 def test_dataset_json_has_uni_and_cross_pairs(small_label_file: Path, tmp_path: Path):
     start = time.perf_counter()
-    json_path = write_synthetic_dataset(tmp_path, [small_label_file], n_subjects=4, shape=SMALL, seed=1,
-                                        contrasts=("t2", "flair"), first_id=4000)
+    json_path = write_synthetic_dataset(
+        tmp_path, [small_label_file], n_subjects=4, shape=SMALL, seed=1, contrasts=("t2", "flair"), first_id=4000
+    )
     elapsed = time.perf_counter() - start
     data = json.loads(json_path.read_text())
     assert data["name"] == "LUMIR" and data["tensorImageShape"]["0"] == list(SMALL)
@@ -196,14 +209,33 @@ def test_dataset_json_has_uni_and_cross_pairs(small_label_file: Path, tmp_path: 
 
 
 def test_cli_synth_small_and_input_errors(small_label_file: Path, tmp_path: Path, capsys):
-    rc = cli_main(["synth", "--label-maps", str(small_label_file), "--out", str(tmp_path / "o"), "--n-subjects", "2",
-                   "--pairs", "cross", "--contrasts", "pd", "--shape", *map(str, SMALL), "--seed", "3"])
+    rc = cli_main(
+        [
+            "synth",
+            "--label-maps",
+            str(small_label_file),
+            "--output",
+            str(tmp_path / "o"),
+            "--n-subjects",
+            "2",
+            "--pairs",
+            "cross",
+            "--contrasts",
+            "pd",
+            "--shape",
+            *map(str, SMALL),
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     pairs = load_pairs(tmp_path / "o/LUMIR25_dataset.json", tmp_path / "o")
     assert [(p.fixed_modality, p.moving_modality) for p in pairs] == [("0000", "0003")]
-    rc = cli_main(["synth", "--label-maps", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    rc = cli_main(["synth", "--label-maps", str(tmp_path / "nope"), "--output", str(tmp_path / "x")])
     assert rc == 2 and "nope" in capsys.readouterr().err
-    rc = cli_main(["synth", "--label-maps", str(small_label_file), "--out", str(tmp_path / "x"), "--n-subjects", "1"])
+    rc = cli_main(
+        ["synth", "--label-maps", str(small_label_file), "--output", str(tmp_path / "x"), "--n-subjects", "1"]
+    )
     assert rc == 2
 
 
@@ -219,6 +251,7 @@ def test_mask_dilation_fills_csf_shell(aseg_a: np.ndarray):
 # ----------------------------------------------------------------------------------------
 # test_data/ (made by scripts/make_test_data.py)
 # ----------------------------------------------------------------------------------------
+
 
 def test_test_data_is_a_lumir_style_folder(repo_dir: Path):
     root = repo_dir / "test_data"

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from caio import spatial
+from caio.backbone.vfa import VFA, VFAConfig, load_vfa, predict_displacement, upsample_grid
+from caio.backbone.vfa_blocks import NEIGHBOUR_OFFSETS, neighbourhood_attention
 from caio.errors import CaioInputError
-from caio.vfa import VFA, VFAConfig, load_vfa, predict_displacement, upsample_grid
-from caio.vfa_blocks import NEIGHBOUR_OFFSETS, neighbourhood_attention
 
 
 # ------------------------------------------------------------------------------ fixture helpers
@@ -94,24 +94,40 @@ def test_float64_grid_matches_official(run64, vfa_dir):
     assert grid.dtype == torch.float64
     np.testing.assert_allclose(grid.numpy(), expected["grid"], rtol=0, atol=1e-6)
     for level in (4, 3, 2, 1):
-        np.testing.assert_allclose(record[f"grid_level{level}"].numpy(), expected[f"grid_level{level}"],
-                                   rtol=0, atol=1e-6, err_msg=f"grid_level{level}")
+        np.testing.assert_allclose(
+            record[f"grid_level{level}"].numpy(),
+            expected[f"grid_level{level}"],
+            rtol=0,
+            atol=1e-6,
+            err_msg=f"grid_level{level}",
+        )
 
 
 def test_float64_attention_and_features_match_official(run64, vfa_dir):
     expected = np.load(vfa_dir / "expected_f64.npz")
     _, record = run64
     for level in (4, 3, 2, 1):
-        np.testing.assert_allclose(record[f"attn_disp_level{level}"].numpy(), expected[f"attn_disp_level{level}"],
-                                   rtol=0, atol=1e-9, err_msg=f"attn_disp_level{level}")
+        np.testing.assert_allclose(
+            record[f"attn_disp_level{level}"].numpy(),
+            expected[f"attn_disp_level{level}"],
+            rtol=0,
+            atol=1e-9,
+            err_msg=f"attn_disp_level{level}",
+        )
     for side in ("fixed", "moving"):
         for level in range(5):
             feat = record[f"feat_{side}_level{level}"]
-            np.testing.assert_allclose(chanstats(feat), expected[f"feat_{side}_level{level}_chanstats"],
-                                       rtol=0, atol=1e-9, err_msg=f"{side} level {level}")
+            np.testing.assert_allclose(
+                chanstats(feat),
+                expected[f"feat_{side}_level{level}_chanstats"],
+                rtol=0,
+                atol=1e-9,
+                err_msg=f"{side} level {level}",
+            )
         for level in (3, 4):
-            np.testing.assert_allclose(record[f"feat_{side}_level{level}"].numpy(),
-                                       expected[f"feat_{side}_level{level}"], rtol=0, atol=1e-9)
+            np.testing.assert_allclose(
+                record[f"feat_{side}_level{level}"].numpy(), expected[f"feat_{side}_level{level}"], rtol=0, atol=1e-9
+            )
 
 
 def test_level0_attention_matches_summary_statistics(run64, vfa_dir):
@@ -158,8 +174,9 @@ def test_predict_displacement_is_grid_minus_identity_in_voxels(model32, disp32, 
 
 
 # CPU emulates half-precision convolutions slowly (~100 s each here): bf16 runs by default, fp16 with -m slow.
-@pytest.mark.parametrize("precision, max_tol, mean_tol",
-                         [pytest.param("fp16", 0.3, 0.02, marks=pytest.mark.slow), ("bf16", 1.0, 0.1)])
+@pytest.mark.parametrize(
+    "precision, max_tol, mean_tol", [pytest.param("fp16", 0.3, 0.02, marks=pytest.mark.slow), ("bf16", 1.0, 0.1)]
+)
 def test_autocast_half_precision_stays_close_to_float64(model32, inputs, vfa_dir, precision, max_tol, mean_tol):
     """CPU autocast exercises the same code path as CUDA fp16/bf16 inference."""
     expected = np.load(vfa_dir / "expected_f64.npz")["grid"]
@@ -205,8 +222,10 @@ def test_neighbourhood_attention_equals_unfolded_softmax(slab):
     q = torch.randn(2, 5, 4, 6, 5, generator=gen, dtype=torch.float64) * 3
     k = torch.randn(2, 5, 6, 8, 7, generator=gen, dtype=torch.float64) * 3
     d, h, w = q.shape[2:]
-    keys = torch.stack([k[:, :, a + 1:a + 1 + d, b + 1:b + 1 + h, c + 1:c + 1 + w] for a, b, c in NEIGHBOUR_OFFSETS], 2)
-    weights = torch.softmax((q[:, :, None] * keys).sum(1) / 5 ** 0.5, dim=1)  # [B, 27, d, h, w]
+    keys = torch.stack(
+        [k[:, :, a + 1 : a + 1 + d, b + 1 : b + 1 + h, c + 1 : c + 1 + w] for a, b, c in NEIGHBOUR_OFFSETS], 2
+    )
+    weights = torch.softmax((q[:, :, None] * keys).sum(1) / 5**0.5, dim=1)  # [B, 27, d, h, w]
     offsets = torch.tensor(NEIGHBOUR_OFFSETS, dtype=torch.float64)  # [27, 3]
     reference = torch.einsum("bjxyz,jc->bcxyz", weights, offsets)
     torch.testing.assert_close(neighbourhood_attention(q, k, slab=slab), reference, rtol=0, atol=1e-12)
@@ -231,10 +250,15 @@ def _state32(weights64) -> dict[str, torch.Tensor]:
 def test_load_vfa_accepts_each_checkpoint_layout(tmp_path, weights64, layout):
     state = _state32(weights64)
     if layout == "2024":
-        obj = {"epoch": 999, "model_state_dict": state,
-               "optimizer_state_dict": {"state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(3)}},
-                                        "param_groups": [{"lr": 1e-4, "amsgrad": True, "params": [0]}]},
-               "scheduler_state_dict": {"milestones": Counter({1000: 1}), "gamma": 0.5, "last_epoch": 3}}
+        obj = {
+            "epoch": 999,
+            "model_state_dict": state,
+            "optimizer_state_dict": {
+                "state": {0: {"step": torch.tensor(5.0), "exp_avg": torch.zeros(3)}},
+                "param_groups": [{"lr": 1e-4, "amsgrad": True, "params": [0]}],
+            },
+            "scheduler_state_dict": {"milestones": Counter({1000: 1}), "gamma": 0.5, "last_epoch": 3},
+        }
     elif layout == "2025":
         obj = {"epoch": 499, "state_dict": state, "best_dsc": 0.77, "optimizer": {"state": {}}}
     else:
@@ -255,8 +279,16 @@ def test_load_vfa_takes_input_scale_from_the_weights_manifest(tmp_path, weights6
     path = tmp_path / "VFA_LUMIR24.pth"
     torch.save({"model_state_dict": _state32(weights64)}, path)
     assert load_vfa(path).config.input_scale == 1.0
-    entry = {"name": "X", "role": "backbone_mono", "file": "VFA_LUMIR24.pth", "urls": [], "sha256": None,
-             "licence": "test", "checkpoint_key": "model_state_dict", "input_scale": 0.5}
+    entry = {
+        "name": "X",
+        "role": "backbone_mono",
+        "file": "VFA_LUMIR24.pth",
+        "urls": [],
+        "sha256": None,
+        "licence": "test",
+        "checkpoint_key": "model_state_dict",
+        "input_scale": 0.5,
+    }
     (tmp_path / "manifest.json").write_text(json.dumps({"weights": [entry]}))  # beside the file: wins
     assert load_vfa(path).config.input_scale == 0.5
 

@@ -9,14 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from caio import weights
 from caio.cli import main as caio_main
 from caio.errors import CaioInputError
+from caio.weights import fetch as fetching
+from caio.weights import manifest
 
 
 def _entry(name: str, role: str, file: str, sha: str | None, urls=("https://example.invalid/a",)) -> dict:
-    return {"name": name, "role": role, "file": file, "urls": list(urls), "sha256": sha,
-            "licence": "test", "checkpoint_key": "state_dict", "member": None}
+    return {
+        "name": name,
+        "role": role,
+        "file": file,
+        "urls": list(urls),
+        "sha256": sha,
+        "licence": "test",
+        "checkpoint_key": "state_dict",
+        "member": None,
+    }
 
 
 def _write_manifest(folder: Path, entries: list[dict]) -> Path:
@@ -32,16 +41,18 @@ def _sha(data: bytes) -> str:
 
 def _fake_downloader(source: Path, calls: list | None = None):
     """A 'download' that copies a local file."""
+
     def download(url: str, output: Path, member: str | None = None) -> None:
         if calls is not None:
             calls.append((url, member))
         shutil.copyfile(source, output)
+
     return download
 
 
 # ------------------------------------------------------------------------------ manifest
 def test_repo_manifest_lists_the_three_checkpoints_with_roles_keys_and_scales():
-    entries = {e.name: e for e in weights.load_manifest()}
+    entries = {e.name: e for e in manifest.load_manifest()}
     mono, multi, brainid = entries["VFA-LUMIR24-MonoModal"], entries["VFA-LUMIR25-MultiModal"], entries["Brain-ID"]
     assert (mono.role, mono.checkpoint_key, mono.input_scale) == ("backbone_mono", "model_state_dict", 1.0)
     assert any("17XEfRYJbnrtCVhaBCOvQVOLkWhix9PAK" in u for u in mono.urls)
@@ -57,43 +68,43 @@ def test_manifest_errors_name_the_file(tmp_path):
     path = tmp_path / "manifest.json"
     path.write_text("{not json")
     with pytest.raises(CaioInputError, match="manifest.json"):
-        weights.load_manifest(path)
+        manifest.load_manifest(path)
     _write_manifest(tmp_path, [_entry("A", "backbone_wrong", "a.pth", None)])
     with pytest.raises(CaioInputError, match="unknown role 'backbone_wrong'"):
-        weights.load_manifest(path)
+        manifest.load_manifest(path)
     with pytest.raises(CaioInputError, match="not found"):
-        weights.load_manifest(tmp_path / "nope.json")
+        manifest.load_manifest(tmp_path / "nope.json")
 
 
 # ------------------------------------------------------------------------------ resolve / verify
 def test_resolve_returns_none_when_no_weights_are_present(tmp_path):
-    for role in weights.ROLES:
-        assert weights.resolve(role, tmp_path) is None  # repo manifest, empty folder
-    assert weights.resolve("backbone_mono", tmp_path / "does-not-exist") is None
+    for role in manifest.ROLES:
+        assert manifest.resolve(role, tmp_path) is None  # repo manifest, empty folder
+    assert manifest.resolve("backbone_mono", tmp_path / "does-not-exist") is None
 
 
 def test_resolve_never_crashes_on_a_broken_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("[]")
     (tmp_path / "VFA_LUMIR24.pth").write_bytes(b"x")
-    assert weights.resolve("backbone_mono", tmp_path) is None
+    assert manifest.resolve("backbone_mono", tmp_path) is None
 
 
 def test_resolve_checks_the_known_hash(tmp_path):
     data = b"pretend checkpoint"
     _write_manifest(tmp_path, [_entry("A", "backbone_mono", "a.pth", _sha(data).upper())])
     (tmp_path / "a.pth").write_bytes(data)
-    assert weights.resolve("backbone_mono", tmp_path) == tmp_path / "a.pth"
-    assert weights.resolve("backbone_multi", tmp_path) is None
+    assert manifest.resolve("backbone_mono", tmp_path) == tmp_path / "a.pth"
+    assert manifest.resolve("backbone_multi", tmp_path) is None
     (tmp_path / "a.pth").write_bytes(data + b"!")
-    assert weights.resolve("backbone_mono", tmp_path) is None
-    assert [s.state for s in weights.verify(tmp_path)] == ["mismatch"]
+    assert manifest.resolve("backbone_mono", tmp_path) is None
+    assert [s.state for s in manifest.verify(tmp_path)] == ["mismatch"]
 
 
 def test_resolve_accepts_a_present_file_without_any_known_hash(tmp_path):
     _write_manifest(tmp_path, [_entry("A", "contrast_adapter", "a.pth", None)])
     (tmp_path / "a.pth").write_bytes(b"abc")
-    assert weights.resolve("contrast_adapter", tmp_path) == tmp_path / "a.pth"
-    assert [s.state for s in weights.verify(tmp_path)] == ["unverified"]
+    assert manifest.resolve("contrast_adapter", tmp_path) == tmp_path / "a.pth"
+    assert [s.state for s in manifest.verify(tmp_path)] == ["unverified"]
 
 
 # ------------------------------------------------------------------------------ fetch
@@ -103,11 +114,11 @@ def test_fetch_with_known_hash_installs_the_file(tmp_path):
     dest = tmp_path / "w"
     _write_manifest(dest, [_entry("A", "backbone_mono", "a.pth", _sha(b"good weights"))])
     calls: list = []
-    path = weights.fetch("A", dest, _fake_downloader(source, calls))
+    path = fetching.fetch("A", dest, _fake_downloader(source, calls))
     assert path == dest / "a.pth" and path.read_bytes() == b"good weights"
     assert calls == [("https://example.invalid/a", None)]
     assert not (dest / "a.pth.sha256").exists() and not (dest / "a.pth.partial").exists()
-    assert [s.state for s in weights.verify(dest)] == ["ok"]
+    assert [s.state for s in manifest.verify(dest)] == ["ok"]
 
 
 def test_fetch_sha_mismatch_raises_and_leaves_no_file_behind(tmp_path):
@@ -116,9 +127,9 @@ def test_fetch_sha_mismatch_raises_and_leaves_no_file_behind(tmp_path):
     dest = tmp_path / "w"
     _write_manifest(dest, [_entry("A", "backbone_mono", "a.pth", _sha(b"good weights"))])
     with pytest.raises(CaioInputError, match="sha256"):
-        weights.fetch("A", dest, _fake_downloader(source))
+        fetching.fetch("A", dest, _fake_downloader(source))
     assert sorted(p.name for p in dest.iterdir()) == ["manifest.json"]
-    assert weights.resolve("backbone_mono", dest) is None
+    assert manifest.resolve("backbone_mono", dest) is None
 
 
 def test_fetch_without_known_hash_records_the_hash_it_saw(tmp_path):
@@ -126,12 +137,12 @@ def test_fetch_without_known_hash_records_the_hash_it_saw(tmp_path):
     source.write_bytes(b"first download")
     dest = tmp_path / "w"
     _write_manifest(dest, [_entry("A", "backbone_multi", "a.pth", None)])
-    weights.fetch("A", dest, _fake_downloader(source))
+    fetching.fetch("A", dest, _fake_downloader(source))
     assert (dest / "a.pth.sha256").read_text().split() == [_sha(b"first download"), "a.pth"]
-    assert [s.state for s in weights.verify(dest)] == ["recorded"]
-    assert weights.resolve("backbone_multi", dest) == dest / "a.pth"
+    assert [s.state for s in manifest.verify(dest)] == ["recorded"]
+    assert manifest.resolve("backbone_multi", dest) == dest / "a.pth"
     (dest / "a.pth").write_bytes(b"changed later")  # corruption after the fetch is detected
-    assert weights.resolve("backbone_multi", dest) is None
+    assert manifest.resolve("backbone_multi", dest) is None
 
 
 def test_fetch_tries_the_next_url_and_reports_all_failures(tmp_path):
@@ -146,41 +157,47 @@ def test_fetch_tries_the_next_url_and_reports_all_failures(tmp_path):
             raise OSError("connection reset")
         shutil.copyfile(source, output)
 
-    assert weights.fetch("A", dest, flaky).read_bytes() == b"w"
+    assert fetching.fetch("A", dest, flaky).read_bytes() == b"w"
 
     def broken(url, output, member=None):
         raise OSError(f"no route to {url}")
 
     (dest / "a.pth").unlink()
     with pytest.raises(CaioInputError, match="u1.*u2"):
-        weights.fetch("A", dest, broken)
+        fetching.fetch("A", dest, broken)
     assert not (dest / "a.pth").exists() and not (dest / "a.pth.partial").exists()
 
 
 def test_fetch_unknown_name_is_an_input_error(tmp_path):
     _write_manifest(tmp_path, [_entry("A", "backbone_mono", "a.pth", None)])
     with pytest.raises(CaioInputError, match="unknown weights 'B'"):
-        weights.fetch("B", tmp_path, _fake_downloader(tmp_path / "manifest.json"))
+        fetching.fetch("B", tmp_path, _fake_downloader(tmp_path / "manifest.json"))
 
 
 def test_gdown_folder_member_is_passed_to_the_downloader(tmp_path):
     source = tmp_path / "remote.bin"
     source.write_bytes(b"brainid")
     dest = tmp_path / "w"
-    entry = _entry("Brain-ID", "contrast_adapter", "brain_id_pretrained.pth", None,
-                   urls=("https://drive.google.com/drive/folders/xyz",))
+    entry = _entry(
+        "Brain-ID",
+        "contrast_adapter",
+        "brain_id_pretrained.pth",
+        None,
+        urls=("https://drive.google.com/drive/folders/xyz",),
+    )
     entry["member"] = "brain_id_pretrained.pth"
     _write_manifest(dest, [entry])
     calls: list = []
-    weights.fetch("Brain-ID", dest, _fake_downloader(source, calls))
+    fetching.fetch("Brain-ID", dest, _fake_downloader(source, calls))
     assert calls == [("https://drive.google.com/drive/folders/xyz", "brain_id_pretrained.pth")]
 
 
 # ------------------------------------------------------------------------------ CLI
 def test_cli_list_and_verify_report_status_and_exit_codes(tmp_path, capsys):
     data = b"cli weights"
-    _write_manifest(tmp_path, [_entry("A", "backbone_mono", "a.pth", _sha(data)),
-                               _entry("B", "contrast_adapter", "b.pth", None)])
+    _write_manifest(
+        tmp_path, [_entry("A", "backbone_mono", "a.pth", _sha(data)), _entry("B", "contrast_adapter", "b.pth", None)]
+    )
     assert caio_main(["weights", "--weights-dir", str(tmp_path), "list"]) == 0
     out = capsys.readouterr().out
     assert "A" in out and out.count("missing") == 2
@@ -198,7 +215,7 @@ def test_cli_list_and_verify_report_status_and_exit_codes(tmp_path, capsys):
 def test_cli_verify_loads_vfa_checkpoints_strictly(tmp_path, capsys):
     import torch
 
-    from caio.vfa import VFA
+    from caio.backbone.vfa import VFA
 
     good = _entry("V", "backbone_mono", "v.pth", None)
     good["architecture"] = "vfa"
@@ -216,9 +233,9 @@ def test_cli_verify_loads_vfa_checkpoints_strictly(tmp_path, capsys):
 
 def test_default_weights_dir_follows_caio_weights_at_call_time(tmp_path, monkeypatch):
     monkeypatch.setenv("CAIO_WEIGHTS", str(tmp_path))
-    assert weights.default_weights_dir() == tmp_path
+    assert manifest.default_weights_dir() == tmp_path
     monkeypatch.delenv("CAIO_WEIGHTS")
-    assert weights.default_weights_dir() == weights.REPO_WEIGHTS_DIR
+    assert manifest.default_weights_dir() == manifest.REPO_WEIGHTS_DIR
 
 
 class _FakeGdown:
@@ -239,8 +256,10 @@ class _FakeGdown:
         from types import SimpleNamespace
 
         self.calls.append(("download_folder", url, skip_download))
-        return [SimpleNamespace(id=i, path=f"folder/{name}", local_path=f"{output}/folder/{name}")
-                for i, name in self.folder]
+        return [
+            SimpleNamespace(id=i, path=f"folder/{name}", local_path=f"{output}/folder/{name}")
+            for i, name in self.folder
+        ]
 
 
 def test_gdown_downloader_fetches_files_and_single_folder_members(tmp_path, monkeypatch):
@@ -248,15 +267,17 @@ def test_gdown_downloader_fetches_files_and_single_folder_members(tmp_path, monk
 
     fake = _FakeGdown({"ID1": b"vfa", "ID3": b"brainid"}, [("ID2", "T1w.nii.gz"), ("ID3", "brain_id_pretrained.pth")])
     monkeypatch.setitem(sys.modules, "gdown", fake)
-    weights.gdown_download("https://drive.google.com/uc?id=ID1", tmp_path / "a.pth")
+    fetching.gdown_download("https://drive.google.com/uc?id=ID1", tmp_path / "a.pth")
     assert (tmp_path / "a.pth").read_bytes() == b"vfa"
-    weights.gdown_download("https://drive.google.com/drive/folders/F", tmp_path / "b.pth", member="brain_id_pretrained.pth")
+    fetching.gdown_download(
+        "https://drive.google.com/drive/folders/F", tmp_path / "b.pth", member="brain_id_pretrained.pth"
+    )
     assert (tmp_path / "b.pth").read_bytes() == b"brainid"
     assert ("download", None, "ID2") not in fake.calls  # only the wanted member is downloaded
     with pytest.raises(CaioInputError, match="no file 'x.pth'"):
-        weights.gdown_download("https://drive.google.com/drive/folders/F", tmp_path / "c.pth", member="x.pth")
+        fetching.gdown_download("https://drive.google.com/drive/folders/F", tmp_path / "c.pth", member="x.pth")
     with pytest.raises(CaioInputError, match="download failed"):
-        weights.gdown_download("https://drive.google.com/uc?id=MISSING", tmp_path / "d.pth")
+        fetching.gdown_download("https://drive.google.com/uc?id=MISSING", tmp_path / "d.pth")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth"]
 
 
@@ -265,15 +286,17 @@ def test_gdown_missing_is_a_clear_input_error(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown -> ImportError
     with pytest.raises(CaioInputError, match="gdown is not installed"):
-        weights.gdown_download("https://drive.google.com/uc?id=X", tmp_path / "a.pth")
+        fetching.gdown_download("https://drive.google.com/uc?id=X", tmp_path / "a.pth")
 
 
 def test_cli_fetch_continues_after_a_failure_and_exits_1(tmp_path, monkeypatch, capsys):
     source = tmp_path / "remote.bin"
     source.write_bytes(b"w")
     dest = tmp_path / "w"
-    _write_manifest(dest, [_entry("Bad", "backbone_mono", "bad.pth", "0" * 64), _entry("Good", "backbone_multi", "g.pth", None)])
-    monkeypatch.setattr(weights, "gdown_download", _fake_downloader(source))
+    _write_manifest(
+        dest, [_entry("Bad", "backbone_mono", "bad.pth", "0" * 64), _entry("Good", "backbone_multi", "g.pth", None)]
+    )
+    monkeypatch.setattr(fetching, "gdown_download", _fake_downloader(source))
     assert caio_main(["weights", "--weights-dir", str(dest), "fetch"]) == 1
     out = capsys.readouterr().out
     assert "Bad: FAILED" in out and "sha256" in out
@@ -283,13 +306,13 @@ def test_cli_fetch_continues_after_a_failure_and_exits_1(tmp_path, monkeypatch, 
 def test_resolved_weights_load_and_predict_as_the_pipeline_calls_them(tmp_path):
     import torch
 
-    from caio.vfa import VFA, load_vfa, predict_displacement
+    from caio.backbone.vfa import VFA, load_vfa, predict_displacement
 
-    shutil.copyfile(weights.REPO_WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")
+    shutil.copyfile(manifest.REPO_WEIGHTS_DIR / "manifest.json", tmp_path / "manifest.json")
     torch.manual_seed(0)
     torch.save({"epoch": 1, "state_dict": VFA().state_dict()}, tmp_path / "VFA_LUMIR25.pth")
-    assert weights.resolve("backbone_mono", tmp_path) is None
-    path = weights.resolve("backbone_multi", tmp_path)
+    assert manifest.resolve("backbone_mono", tmp_path) is None
+    path = manifest.resolve("backbone_multi", tmp_path)
     assert path == tmp_path / "VFA_LUMIR25.pth"
     model = load_vfa(path, torch.device("cpu"))
     assert model.config.input_scale == pytest.approx(1 / 255)

@@ -16,19 +16,17 @@ on the right). Letters at the image edges name the directions.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from caio import spatial
-from caio.errors import CaioInputError
-from caio.io import read_displacement, read_volume
+from caio.io.atomic import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +116,17 @@ def _new_figure(n_rows: int, widths: Sequence[int], height_px: int, title: str):
 
     scale = 1.0 / 72.0  # inches per voxel (1 pixel per voxel at 72 dpi)
     fig = Figure(figsize=(sum(widths) * scale + 0.6, n_rows * height_px * scale + 0.8), dpi=72)
-    grid = fig.add_gridspec(n_rows, len(widths), width_ratios=widths, wspace=0.04, hspace=0.12,
-                            left=0.01, right=0.99, top=1 - 0.6 / fig.get_figheight(), bottom=0.01)
+    grid = fig.add_gridspec(
+        n_rows,
+        len(widths),
+        width_ratios=widths,
+        wspace=0.04,
+        hspace=0.12,
+        left=0.01,
+        right=0.99,
+        top=1 - 0.6 / fig.get_figheight(),
+        bottom=0.01,
+    )
     fig.suptitle(title, fontsize=10)
     return fig, grid
 
@@ -139,21 +146,18 @@ def _show(ax, image: np.ndarray, axis: int, label: str, **kwargs) -> None:
 
 
 def _save_atomic(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return replace_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
-def write_qc(fixed: np.ndarray | torch.Tensor, moving: np.ndarray | torch.Tensor,
-             disp: np.ndarray | torch.Tensor, out_dir: str | os.PathLike, name: str,
-             fixed_labels: np.ndarray | None = None, grid_spacing: int = 6) -> list[Path]:
+def write_qc(
+    fixed: np.ndarray | torch.Tensor,
+    moving: np.ndarray | torch.Tensor,
+    disp: np.ndarray | torch.Tensor,
+    out_dir: str | os.PathLike,
+    name: str,
+    fixed_labels: np.ndarray | None = None,
+    grid_spacing: int = 6,
+) -> list[Path]:
     """Write the QC pictures of one pair.
 
     Args:
@@ -173,7 +177,9 @@ def write_qc(fixed: np.ndarray | torch.Tensor, moving: np.ndarray | torch.Tensor
     disp_t = _as_disp(disp)
     shape = fixed_np.shape
     if moving_np.shape != shape or tuple(disp_t.shape[2:]) != shape:
-        raise ValueError(f"fixed {shape}, moving {moving_np.shape} and disp {tuple(disp_t.shape[2:])} must share a grid")
+        raise ValueError(
+            f"fixed {shape}, moving {moving_np.shape} and disp {tuple(disp_t.shape[2:])} must share a grid"
+        )
     labels_np = None if fixed_labels is None else np.asarray(fixed_labels).reshape(shape)
     warped = spatial.warp(torch.from_numpy(moving_np)[None, None], disp_t)[0, 0].numpy()
     jac = spatial.jacobian_determinant(disp_t)[0].numpy()
@@ -193,8 +199,12 @@ def write_qc(fixed: np.ndarray | torch.Tensor, moving: np.ndarray | torch.Tensor
     for col, (plane, axis) in enumerate(PLANES):
         idx = centre[axis]
         f2, m2, w2 = (_slice(v, axis, idx) for v in (fixed_np, moving_np, warped))
-        _show(fig.add_subplot(grid[0, col]), f2, axis, f"fixed, {plane} {idx}", cmap="gray", vmin=f_rng[0], vmax=f_rng[1])
-        _show(fig.add_subplot(grid[1, col]), m2, axis, f"moving, {plane} {idx}", cmap="gray", vmin=m_rng[0], vmax=m_rng[1])
+        _show(
+            fig.add_subplot(grid[0, col]), f2, axis, f"fixed, {plane} {idx}", cmap="gray", vmin=f_rng[0], vmax=f_rng[1]
+        )
+        _show(
+            fig.add_subplot(grid[1, col]), m2, axis, f"moving, {plane} {idx}", cmap="gray", vmin=m_rng[0], vmax=m_rng[1]
+        )
         _show(fig.add_subplot(grid[2, col]), w2, axis, "warped moving", cmap="gray", vmin=w_rng[0], vmax=w_rng[1])
         board = _checkerboard(np.clip(f2 / f_rng[1], 0, 1), np.clip(w2 / w_rng[1], 0, 1), tile=max(4, shape[0] // 10))
         _show(fig.add_subplot(grid[3, col]), board, axis, "checkerboard fixed | warped", cmap="gray", vmin=0, vmax=1)
@@ -206,18 +216,31 @@ def write_qc(fixed: np.ndarray | torch.Tensor, moving: np.ndarray | torch.Tensor
     paths = [_save_atomic(fig, out_dir / f"{name}_images.png")]
 
     worst = np.unravel_index(int(np.argmin(np.where(brain, jac, np.inf))), shape) if folds.any() else centre
-    fig, grid = _new_figure(2, widths, height, f"{name}: deformation; J<=0 in {fold_pct:.3f}% of the fixed brain, "
-                                               f"J in [{jac[brain].min():.2f}, {jac[brain].max():.2f}]\n"
-                                               "log J: blue = shrinking, red = growing (range -1..1); "
-                                               "lime x = folding voxel (J <= 0)" if brain.any()
-                            else f"{name}: deformation (empty fixed brain mask)")
+    fig, grid = _new_figure(
+        2,
+        widths,
+        height,
+        f"{name}: deformation; J<=0 in {fold_pct:.3f}% of the fixed brain, "
+        f"J in [{jac[brain].min():.2f}, {jac[brain].max():.2f}]\n"
+        "log J: blue = shrinking, red = growing (range -1..1); "
+        "lime x = folding voxel (J <= 0)"
+        if brain.any()
+        else f"{name}: deformation (empty fixed brain mask)",
+    )
     log_jac = np.log(np.clip(jac, 1e-3, None))
     for col, (plane, axis) in enumerate(PLANES):
         idx = centre[axis]
         h_axis, v_axis = [a for a in range(3) if a != axis]
         ax = fig.add_subplot(grid[0, col])
-        _show(ax, _slice(fixed_np, axis, idx), axis, f"deformed grid, {plane} {idx}", cmap="gray",
-              vmin=f_rng[0], vmax=f_rng[1] * 1.6)
+        _show(
+            ax,
+            _slice(fixed_np, axis, idx),
+            axis,
+            f"deformed grid, {plane} {idx}",
+            cmap="gray",
+            vmin=f_rng[0],
+            vmax=f_rng[1] * 1.6,
+        )
         px = _slice(np.indices(shape)[h_axis] + disp_np[h_axis], axis, idx)
         py = _slice(np.indices(shape)[v_axis] + disp_np[v_axis], axis, idx)
         for r in range(0, px.shape[0], grid_spacing):
@@ -230,33 +253,18 @@ def write_qc(fixed: np.ndarray | torch.Tensor, moving: np.ndarray | torch.Tensor
         ax = fig.add_subplot(grid[1, col])
         shown = np.ma.masked_where(~_slice(brain, axis, jdx), _slice(log_jac, axis, jdx))
         ax.set_facecolor("black")
-        _show(ax, shown, axis, f"log J, {plane} {jdx}" + (" (worst fold)" if folds.any() else ""),
-              cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+        _show(
+            ax,
+            shown,
+            axis,
+            f"log J, {plane} {jdx}" + (" (worst fold)" if folds.any() else ""),
+            cmap="RdBu_r",
+            vmin=-1.0,
+            vmax=1.0,
+        )
         fy, fx = np.nonzero(_slice(folds, axis, jdx))
         if fx.size:
             ax.scatter(fx, fy, s=4, c="lime", marker="x", linewidths=0.6)
     paths.append(_save_atomic(fig, out_dir / f"{name}_deformation.png"))
     log.info("QC pictures: %s", ", ".join(map(str, paths)))
     return paths
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
-    parser.add_argument("--moving", required=True, help="moving image on the same grid")
-    parser.add_argument("--disp", required=True, help="displacement disp_<F>_<M>.nii.gz (voxels, fixed grid)")
-    parser.add_argument("--out", required=True, help="output folder for the PNGs")
-    parser.add_argument("--fixed-labels", default=None, help="optional fixed label map (boundaries drawn on warped)")
-    parser.add_argument("--name", default=None, help="file name prefix (default: the displacement file name)")
-
-
-def run(args: argparse.Namespace) -> int:
-    fixed = read_volume(args.fixed, expected_shape=None)
-    moving = read_volume(args.moving, expected_shape=fixed.shape)
-    disp = read_displacement(args.disp, expected_shape=fixed.shape)
-    labels = None if args.fixed_labels is None else read_volume(args.fixed_labels, expected_shape=fixed.shape)
-    name = args.name or Path(args.disp).name.removesuffix(".gz").removesuffix(".nii")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CaioInputError(f"{out}: output path exists and is not a folder")
-    write_qc(fixed, moving, disp, out, name, fixed_labels=labels)  # logs the written paths
-    return 0

@@ -1,0 +1,114 @@
+"""Option helpers shared by every ``caio`` command, so that one flag has one name and one meaning.
+
+* ``-o/--output``: where a command writes (``--out`` is kept as a hidden, deprecated alias).
+* ``--shape D0 D1 D2``: a grid (``D0xD1xD2`` in one word is still accepted, deprecated).
+* ``--device``: ``auto | cpu | cuda | cuda:N``; ``--threads``: torch CPU threads.
+* :func:`examples`: the "Examples:" epilog of a command's ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from caio.errors import CaioInputError
+
+log = logging.getLogger(__name__)
+
+ANY = "any"
+
+
+def examples(*lines: str) -> str:
+    """An "Examples:" epilog (use with :class:`argparse.RawDescriptionHelpFormatter`)."""
+    return "Examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_output(
+    parser: argparse.ArgumentParser | Any, help: str, required: bool = False, default: Any = None, type: Any = None
+) -> None:
+    """``-o/--output`` (dest ``output``) plus the hidden deprecated alias ``--out``.
+
+    ``required`` is checked by :func:`output_of` (so that the alias satisfies it too).
+    """
+    parser.add_argument(
+        "-o", "--output", dest="output", default=default, type=type, help=help + (" (required)" if required else "")
+    )
+    parser.add_argument("--out", dest="output", default=argparse.SUPPRESS, type=type, help=argparse.SUPPRESS)
+
+
+def output_of(args: argparse.Namespace) -> Any:
+    """``args.output``; a one-line user error when it was required and not given."""
+    if getattr(args, "output", None) is None:
+        raise CaioInputError("-o/--output is required")
+    return args.output
+
+
+def parse_shape(values: Sequence[str], allow_any: bool = False) -> tuple[int, int, int] | None:
+    """``["160", "224", "192"]`` (or the deprecated ``["160x224x192"]``, or ``["any"]`` when allowed)
+    -> ``(160, 224, 192)`` (``None`` for ``any``).
+
+    Raises:
+        ValueError: anything else, or a size below 2.
+    """
+    words = list(values)
+    if allow_any and len(words) == 1 and words[0].strip().lower() == ANY:
+        return None
+    if len(words) == 1 and "x" in words[0].lower():
+        words = words[0].lower().split("x")
+    try:
+        shape = tuple(int(w) for w in words)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 2:
+        hint = " or 'any'" if allow_any else ""
+        raise ValueError(f"expected three sizes D0 D1 D2 (e.g. 160 224 192){hint}, got '{' '.join(values)}'")
+    return shape  # type: ignore[return-value]
+
+
+class _ShapeAction(argparse.Action):
+    def __init__(self, *args: Any, allow_any: bool = False, **kwargs: Any) -> None:
+        self.allow_any = allow_any
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            setattr(namespace, self.dest, parse_shape(values, self.allow_any))
+        except ValueError as err:
+            raise argparse.ArgumentError(self, str(err)) from None
+
+
+def add_shape(
+    parser: argparse.ArgumentParser | Any, help: str, default: Sequence[int] | None = None, allow_any: bool = False
+) -> None:
+    """``--shape D0 D1 D2`` (dest ``shape``, a tuple of 3 ints, or ``None``)."""
+    parser.add_argument(
+        "--shape",
+        nargs="+",
+        action=_ShapeAction,
+        allow_any=allow_any,
+        metavar="D",
+        default=None if default is None else tuple(default),
+        help=f"{help} (D0 D1 D2)",
+    )
+
+
+def add_device(parser: argparse.ArgumentParser | Any, default: str = "auto", help: str = "") -> None:
+    """``--device auto | cpu | cuda | cuda:N``."""
+    parser.add_argument("--device", default=default, help=help or f"auto | cpu | cuda | cuda:N (default {default})")
+
+
+def add_threads(parser: argparse.ArgumentParser | Any) -> None:
+    """``--threads N``: torch CPU threads (default: torch's)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` if given."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(int(args.threads))
+        log.debug("torch threads: %d (of %d CPUs)", args.threads, os.cpu_count() or 0)

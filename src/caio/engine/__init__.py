@@ -1,0 +1,9 @@
+"""The registration engine: anytime multi-resolution greedy diffeomorphic optimisation.
+
+:func:`register` is the tensor-level entry point (also ``caio.register``); see :mod:`caio.engine.api`.
+"""
+
+from caio.engine.api import EngineConfig, EngineTrace, LevelTrace, register
+from caio.engine.optimizer import LevelSettings
+
+__all__ = ["EngineConfig", "EngineTrace", "LevelSettings", "LevelTrace", "register"]

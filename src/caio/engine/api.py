@@ -1,0 +1,309 @@
+"""``caio.register``: the tensor-level registration engine.
+
+Multi-resolution, anytime, greedy diffeomorphic optimisation (:mod:`caio.engine.optimizer`) of
+LNCC (same contrast) or of the squared difference of MIND-SSC descriptors (cross contrast),
+coarse to fine over an image pyramid. Every level yields a valid field; the deadline is checked
+every iteration, and the schedule (:mod:`caio.engine.schedule`) trims the finest level's
+iterations first when time is short.
+
+Example::
+
+    import caio, torch
+    fixed = torch.rand(1, 1, 64, 64, 64) * 255
+    moving = torch.roll(fixed, 2, dims=2)
+    disp, trace = caio.register(fixed, moving, deadline=None)
+    warped = caio.spatial.warp(moving, disp)        # warped(x) = moving(x + disp(x))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from caio import spatial
+from caio.contrast.mind import mind_ssc
+from caio.engine.cpu_backend import NumbaKernels
+from caio.engine.optimizer import LevelSettings, TorchKernels, optimise_level
+from caio.engine.schedule import CostModel, plan_iterations
+from caio.engine.similarity import lncc_and_gradient, ssd_and_gradient
+
+log = logging.getLogger(__name__)
+
+SIMILARITIES = ("auto", "lncc", "lncc2", "mind")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of :func:`register`.
+
+    Attributes:
+        factors: pyramid levels, coarsest first, as grid-size divisors (1 = full resolution).
+        iterations: iterations per level (same length as ``factors``).
+        radius: LNCC window half-width in voxels of each level (2 -> 5^3 window).
+        eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]).
+        level: step and smoothing of every level (:class:`LevelSettings`).
+        mind_factors: levels used for cross-contrast (MIND-SSC) registration; the finest
+            level of ``factors`` is usually too costly for 12-channel features on a CPU.
+        mind_iterations: iterations per ``mind_factors`` level.
+        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels).
+        min_iterations: a level that would get fewer iterations than this is skipped.
+        prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) used to plan
+            the first level before anything has been measured.
+        crop_margin: register inside the bounding box of the non-zero voxels of either image,
+            grown by this many voxels (``-1``: the whole grid).
+        cpu_kernels: on the CPU, use the fused Numba kernels (:mod:`caio.engine.cpu_kernels`);
+            ``False`` runs the PyTorch path there too.
+    """
+
+    factors: tuple[int, ...] = (4, 2, 1)
+    iterations: tuple[int, ...] = (100, 50, 20)
+    radius: int = 2
+    eps: float = 1e-3
+    level: LevelSettings = field(default_factory=LevelSettings)
+    mind_factors: tuple[int, ...] = (4, 2)
+    mind_iterations: tuple[int, ...] = (100, 50)
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    min_iterations: int = 3
+    prior_seconds_per_voxel: float = 2e-7
+    crop_margin: int = 8
+    cpu_kernels: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.factors) != len(self.iterations) or len(self.mind_factors) != len(self.mind_iterations):
+            raise ValueError("factors and iterations must have the same length")
+        if any(f < 1 for f in (*self.factors, *self.mind_factors)):
+            raise ValueError("pyramid factors must be >= 1")
+
+
+@dataclass
+class LevelTrace:
+    """One pyramid level: grid, iterations planned and done, similarity, seconds."""
+
+    factor: int
+    shape: tuple[int, ...]
+    planned: int
+    done: int
+    similarity_start: float | None
+    similarity_end: float | None
+    seconds: float
+
+
+@dataclass
+class EngineTrace:
+    """What :func:`register` did.
+
+    ``similarity_before``/``similarity_after``: similarity of the initial field (zero or
+    ``init``) and of the returned field, both on the grid of the finest level that ran
+    (``None`` when no level ran).
+    """
+
+    similarity: str
+    levels: list[LevelTrace] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by_deadline: bool = False
+    similarity_before: float | None = None
+    similarity_after: float | None = None
+
+    @property
+    def iterations(self) -> int:
+        """Iterations done over all levels."""
+        return sum(level.done for level in self.levels)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return dataclasses.asdict(self) | {"iterations": self.iterations}
+
+
+def _scale_intensity(image: torch.Tensor) -> torch.Tensor:
+    """Divide by the 99.5th percentile of the non-zero voxels (robust to bright outliers)."""
+    values = image.flatten()
+    values = values[values > 0]
+    if values.numel() == 0:
+        return image
+    if values.numel() > 1_000_000:
+        values = values[:: values.numel() // 1_000_000 + 1]
+    top = float(torch.quantile(values.float(), 0.995))
+    return image / top if top > 0 else image
+
+
+def _check(image: torch.Tensor, name: str) -> None:
+    if image.dim() != 5 or image.shape[:2] != (1, 1):
+        raise ValueError(f"{name} must be [1, 1, D0, D1, D2], got {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def foreground_box(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> tuple[slice, slice, slice]:
+    """Bounding box of the voxels that are non-zero in either image, grown by ``margin`` voxels.
+
+    Skull-stripped brains fill about half of the LUMIR grid, so registering inside this box
+    halves the work; the background outside it carries no similarity signal.
+    """
+    mask = (fixed[0, 0] > 0) | (moving[0, 0] > 0)
+    box = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = torch.nonzero(mask.any(dim=others[1]).any(dim=others[0])).flatten()
+        n = mask.shape[axis]
+        if hits.numel() == 0:
+            box.append(slice(0, n))
+            continue
+        box.append(slice(max(0, int(hits[0]) - margin), min(n, int(hits[-1]) + 1 + margin)))
+    return box[0], box[1], box[2]
+
+
+def _uncrop(disp: torch.Tensor, box: tuple[slice, slice, slice], shape: tuple[int, ...]) -> torch.Tensor:
+    """Put a field computed inside ``box`` back onto the full grid, extending its edge values."""
+    pad = []
+    for axis in (2, 1, 0):
+        pad += [box[axis].start, shape[axis] - box[axis].stop]
+    return F.pad(disp, pad, mode="replicate") if any(pad) else disp
+
+
+def _pyramid(image: torch.Tensor, factors: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Images on each level's grid, each level made from the next finer one (cheap blurs)."""
+    out: dict[int, torch.Tensor] = {1: image}
+    current, current_factor = image, 1
+    for factor in sorted(set(factors)):
+        if factor == 1:
+            continue
+        shape = spatial.scaled_shape(image.shape[2:], factor)
+        current = spatial.resize_image(current, shape)
+        current_factor = factor
+        out[factor] = current
+    del current_factor
+    return out
+
+
+def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tensor) -> str:
+    """``"auto"``: the contrast gate (:mod:`caio.contrast.gate`) picks ``"mind"`` for a
+    cross-contrast pair and ``"lncc"`` otherwise; other values are returned unchanged."""
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity '{similarity}' is not one of {', '.join(SIMILARITIES)}")
+    if similarity != "auto":
+        return similarity
+    from caio.contrast.gate import GateConfig, decide
+
+    return "mind" if decide(fixed, moving, GateConfig()).cross_contrast else "lncc"
+
+
+def register(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    *,
+    similarity: str = "auto",
+    init: torch.Tensor | None = None,
+    deadline: float | None = None,
+    device: torch.device | str | None = None,
+    config: EngineConfig | None = None,
+) -> tuple[torch.Tensor, EngineTrace]:
+    """Deformably register ``moving`` to ``fixed``.
+
+    Args:
+        fixed: ``[1, 1, D0, D1, D2]`` image (any intensity range; scaled internally).
+        moving: ``[1, 1, D0, D1, D2]`` image on the same grid (affinely aligned).
+        similarity: ``"lncc"``, ``"mind"`` or ``"auto"`` (contrast gate).
+        init: optional ``[1, 3, D0, D1, D2]`` starting displacement in voxels (e.g. VFA's).
+        deadline: absolute ``time.monotonic()`` by which the result is returned (the best
+            field so far); ``None``: run every configured iteration.
+        device: where to compute (default: ``fixed``'s device).
+        config: :class:`EngineConfig`.
+    Returns:
+        ``(disp, trace)``: ``[1, 3, D0, D1, D2]`` float32 displacement in voxels on the fixed grid
+        (``warped(x) = moving(x + disp(x))``, :mod:`caio.spatial`) and an :class:`EngineTrace`.
+    """
+    start = time.monotonic()
+    cfg = config or EngineConfig()
+    _check(fixed, "fixed")
+    _check(moving, "moving")
+    if fixed.shape != moving.shape:
+        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
+    device = torch.device(device) if device is not None else fixed.device
+    full_shape = tuple(fixed.shape[2:])
+    fixed = _scale_intensity(fixed.to(device, torch.float32))
+    moving = _scale_intensity(moving.to(device, torch.float32))
+    kind = resolve_similarity(similarity, fixed, moving)
+    box = foreground_box(fixed, moving, cfg.crop_margin) if cfg.crop_margin >= 0 else (slice(None),) * 3
+    fixed, moving = fixed[(..., *box)].contiguous(), moving[(..., *box)].contiguous()
+    if init is not None:
+        init = init[(..., *box)]
+    crop_shape = tuple(fixed.shape[2:])
+    trace = EngineTrace(similarity=kind)
+    factors, wanted = (cfg.mind_factors, cfg.mind_iterations) if kind == "mind" else (cfg.factors, cfg.iterations)
+    fixed_levels, moving_levels = _pyramid(fixed, factors), _pyramid(moving, factors)
+    shapes = [tuple(fixed_levels[f].shape[2:]) for f in factors]
+    voxels = [int(torch.Size(s).numel()) for s in shapes]
+    feature_cost = 12.0 if kind == "mind" else 1.0  # MIND: 12 channels to warp and differentiate
+    if device.type == "cpu" and cfg.cpu_kernels:
+        kernels = NumbaKernels(kind, cfg.radius, cfg.eps)
+    elif kind == "mind":
+        kernels = TorchKernels(ssd_and_gradient)
+    else:
+        kernels = TorchKernels(partial(lncc_and_gradient, radius=cfg.radius, eps=cfg.eps, squared=kind == "lncc2"))
+    cost = CostModel(cfg.prior_seconds_per_voxel * feature_cost)
+
+    disp = None if init is None else init.to(device, torch.float32)
+    last = None
+    for index, factor in enumerate(factors):
+        seconds_left = float("inf") if deadline is None else deadline - time.monotonic()
+        plan = plan_iterations(wanted[index:], voxels[index:], seconds_left, cost, cfg.min_iterations)
+        shape = shapes[index]
+        if plan[0] == 0:
+            trace.levels.append(LevelTrace(factor, shape, 0, 0, None, None, 0.0))
+            continue
+        level_start = time.monotonic()
+        current = (
+            torch.zeros((1, 3, *shape), device=device) if disp is None else spatial.resize_displacement(disp, shape)
+        )
+        f_img, m_img = fixed_levels[factor], moving_levels[factor]
+        if kind == "mind":
+            f_img = mind_ssc(f_img, radius=cfg.mind_radius, dilation=cfg.mind_dilation)
+            m_img = mind_ssc(m_img, radius=cfg.mind_radius, dilation=cfg.mind_dilation)
+        reserve = sum(n * cost.iteration_seconds(v) for n, v in zip(plan[1:], voxels[index + 1 :]))
+        level_deadline = None if deadline is None else deadline - reserve
+        result = optimise_level(f_img, m_img, current, kernels, plan[0], cfg.level, level_deadline)
+        cost.update(result.seconds, result.iterations + 1, voxels[index])
+        disp = result.displacement
+        trace.levels.append(
+            LevelTrace(
+                factor,
+                shape,
+                plan[0],
+                result.iterations,
+                result.similarity_start,
+                result.similarity_best,
+                time.monotonic() - level_start,
+            )
+        )
+        trace.similarity_after = result.similarity_best
+        last = (kernels, f_img, m_img, shape)
+        trace.stopped_by_deadline |= result.stopped_by_deadline
+        log.debug(
+            "level 1/%d %s: %d/%d iterations, similarity %.4f -> %.4f, %.1f s",
+            factor,
+            shape,
+            result.iterations,
+            plan[0],
+            result.similarity_start,
+            result.similarity_best,
+            result.seconds,
+        )
+    if disp is None:
+        disp = torch.zeros((1, 3, *crop_shape), device=device)
+        trace.stopped_by_deadline = True
+    elif last is not None:  # the starting field scored on the finest grid that ran (one evaluation)
+        kernels, f_img, m_img, shape = last
+        start_field = (
+            torch.zeros((1, 3, *shape), device=device) if init is None else spatial.resize_displacement(init, shape)
+        )
+        trace.similarity_before = kernels.similarity_field(f_img, m_img, start_field)[0]
+    disp = _uncrop(spatial.resize_displacement(disp, crop_shape), box, full_shape)
+    trace.seconds = time.monotonic() - start
+    return disp, trace

@@ -1,0 +1,71 @@
+"""The engine's iteration building blocks on the CPU, through the fused kernels of
+:mod:`caio.engine.cpu_kernels` (same interface as :class:`caio.engine.optimizer.TorchKernels`).
+
+Tensors are ``[1, C, D0, D1, D2]`` float32 on the CPU; they are shared with NumPy without copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from caio import spatial
+from caio.engine import cpu_kernels
+from caio.engine.optimizer import LevelSettings
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    """``[1, C, ...]`` CPU tensor -> contiguous float32 ``(C, ...)`` array (no copy when possible)."""
+    return np.ascontiguousarray(x.detach()[0].to("cpu", torch.float32).numpy())
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a)[None]
+
+
+class NumbaKernels:
+    """LNCC (``similarity="lncc"``) or feature SSD (``"mind"``) on the CPU.
+
+    Args:
+        similarity: ``"lncc"`` or ``"mind"``.
+        radius: LNCC window half-width (voxels).
+        eps: LNCC flat-window regulariser.
+    """
+
+    def __init__(self, similarity: str, radius: int = 2, eps: float = 1e-3) -> None:
+        if similarity not in ("lncc", "lncc2", "mind"):
+            raise ValueError(f"unknown similarity '{similarity}'")
+        self.kind, self.radius, self.eps = similarity, radius, eps
+
+    def similarity_field(
+        self, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
+    ) -> tuple[float, torch.Tensor]:
+        """Similarity of ``moving`` warped by ``disp`` and its ascent direction ``[1, 3, ...]``."""
+        if self.kind in ("lncc", "lncc2"):
+            sim, field = cpu_kernels.lncc_displacement_gradient(
+                _array(fixed)[0], _array(moving)[0], _array(disp), self.radius, self.eps, self.kind == "lncc2"
+            )
+        else:
+            sim, field = cpu_kernels.ssd_displacement_gradient(_array(fixed), _array(moving), _array(disp))
+        return sim, _tensor(field)
+
+    def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
+        """Same step as :meth:`caio.engine.optimizer.TorchKernels.update`, without PyTorch
+        operations (whose thread pool would compete with Numba's on a small CPU)."""
+        g = _array(gradient)
+        if settings.sigma_update > 0:
+            g = cpu_kernels.separable_filter(g, _gaussian(settings.sigma_update), replicate=True)
+        cpu_kernels.scale_to_max_norm(g, settings.step)
+        u = _array(disp)
+        if settings.compose:
+            out = np.empty_like(u)
+            cpu_kernels.compose_fields(u, g, out)
+        else:
+            out = u + g
+        if settings.sigma_field > 0:
+            out = cpu_kernels.separable_filter(out, _gaussian(settings.sigma_field), replicate=True)
+        return _tensor(out)
+
+
+def _gaussian(sigma: float) -> np.ndarray:
+    return spatial.gaussian_kernel1d(sigma).numpy()

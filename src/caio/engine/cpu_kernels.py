@@ -1,0 +1,350 @@
+"""Fused CPU kernels of the engine (Numba), the fast path on a CPU.
+
+On a CPU, PyTorch runs each element-wise step of an iteration as a separate pass over memory
+(and ``grid_sample`` is slow there), so one full-resolution iteration costs seconds. These
+kernels fuse the steps: trilinear warping together with the gradient of the interpolant, box
+filters as short sums along one axis, separable Gaussian smoothing and field composition, each
+parallel over the first array axis. They implement exactly the maths of the PyTorch path
+(:mod:`caio.engine.similarity`, :mod:`caio.spatial`), which the tests check.
+
+Conventions: float32 NumPy arrays, C-contiguous; images ``(D0, D1, D2)``; fields and
+multi-channel images ``(C, D0, D1, D2)``; displacements in voxels, channel ``c`` along array axis
+``c``, ``warped(x) = moving(x + u(x))`` with coordinates clamped to the volume (border
+padding), as :func:`caio.spatial.warp`. Compiled on first use; the compiled code is cached on
+disk (``NUMBA_CACHE_DIR``), so only the first process on a machine pays the compilation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def _corner(n: int, x: float) -> tuple[int, float, float]:
+    """Lower corner index, fraction and whether the derivative exists (1.0) after clamping."""
+    inside = 1.0
+    if x < 0.0:
+        x, inside = 0.0, 0.0
+    elif x > n - 1:
+        x, inside = float(n - 1), 0.0
+    i = min(int(math.floor(x)), max(n - 2, 0))
+    return i, x - i, inside
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def warp_with_gradient(moving, disp, warped, gradient):
+    """Trilinear pull-back warp of every channel and the gradient of the interpolant there.
+
+    Args:
+        moving: ``(C, D0, D1, D2)``.
+        disp: ``(3, D0, D1, D2)`` voxels.
+        warped: output ``(C, D0, D1, D2)``: ``moving(x + disp(x))``.
+        gradient: output ``(C, 3, D0, D1, D2)``: d moving / d axis at ``x + disp(x)``
+            (zero along an axis where the point was clamped to the border).
+    """
+    nc, n0, n1, n2 = moving.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                i0, fx, gx = _corner(n0, i + disp[0, i, j, k])
+                j0, fy, gy = _corner(n1, j + disp[1, i, j, k])
+                k0, fz, gz = _corner(n2, k + disp[2, i, j, k])
+                i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
+                for c in range(nc):
+                    c000 = moving[c, i0, j0, k0]
+                    c001 = moving[c, i0, j0, k1]
+                    c010 = moving[c, i0, j1, k0]
+                    c011 = moving[c, i0, j1, k1]
+                    c100 = moving[c, i1, j0, k0]
+                    c101 = moving[c, i1, j0, k1]
+                    c110 = moving[c, i1, j1, k0]
+                    c111 = moving[c, i1, j1, k1]
+                    c00 = c000 + (c001 - c000) * fz
+                    c01 = c010 + (c011 - c010) * fz
+                    c10 = c100 + (c101 - c100) * fz
+                    c11 = c110 + (c111 - c110) * fz
+                    c0 = c00 + (c01 - c00) * fy
+                    c1 = c10 + (c11 - c10) * fy
+                    warped[c, i, j, k] = c0 + (c1 - c0) * fx
+                    gradient[c, 0, i, j, k] = gx * (c1 - c0)
+                    d0 = (c01 - c00) * (1.0 - fx) + (c11 - c10) * fx
+                    gradient[c, 1, i, j, k] = gy * d0
+                    e0 = (c001 - c000) * (1.0 - fy) + (c011 - c010) * fy
+                    e1 = (c101 - c100) * (1.0 - fy) + (c111 - c110) * fy
+                    gradient[c, 2, i, j, k] = gz * (e0 * (1.0 - fx) + e1 * fx)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def compose_fields(u, v, out):
+    """``out = v + u(x + v(x))`` (trilinear, border clamp): :func:`caio.spatial.compose`.
+
+    Args:
+        u, v, out: ``(3, D0, D1, D2)`` voxels.
+    """
+    _, n0, n1, n2 = u.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                i0, fx, _a = _corner(n0, i + v[0, i, j, k])
+                j0, fy, _b = _corner(n1, j + v[1, i, j, k])
+                k0, fz, _c = _corner(n2, k + v[2, i, j, k])
+                i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
+                for c in range(3):
+                    c00 = u[c, i0, j0, k0] + (u[c, i0, j0, k1] - u[c, i0, j0, k0]) * fz
+                    c01 = u[c, i0, j1, k0] + (u[c, i0, j1, k1] - u[c, i0, j1, k0]) * fz
+                    c10 = u[c, i1, j0, k0] + (u[c, i1, j0, k1] - u[c, i1, j0, k0]) * fz
+                    c11 = u[c, i1, j1, k0] + (u[c, i1, j1, k1] - u[c, i1, j1, k0]) * fz
+                    c0 = c00 + (c01 - c00) * fy
+                    c1 = c10 + (c11 - c10) * fy
+                    out[c, i, j, k] = v[c, i, j, k] + c0 + (c1 - c0) * fx
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _filter_axis0(src, dst, weights, replicate):
+    nc, n0, n1, n2 = src.shape
+    r = (weights.shape[0] - 1) // 2
+    for i in prange(n0):
+        for c in range(nc):
+            for j in range(n1):
+                for k in range(n2):
+                    dst[c, i, j, k] = 0.0
+            for t in range(-r, r + 1):
+                ii = i + t
+                if ii < 0 or ii >= n0:
+                    if not replicate:
+                        continue
+                    ii = min(max(ii, 0), n0 - 1)
+                w = weights[t + r]
+                for j in range(n1):
+                    for k in range(n2):
+                        dst[c, i, j, k] += w * src[c, ii, j, k]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _filter_axis1(src, dst, weights, replicate):
+    nc, n0, n1, n2 = src.shape
+    r = (weights.shape[0] - 1) // 2
+    for i in prange(n0):
+        for c in range(nc):
+            for j in range(n1):
+                for k in range(n2):
+                    dst[c, i, j, k] = 0.0
+                for t in range(-r, r + 1):
+                    jj = j + t
+                    if jj < 0 or jj >= n1:
+                        if not replicate:
+                            continue
+                        jj = min(max(jj, 0), n1 - 1)
+                    w = weights[t + r]
+                    for k in range(n2):
+                        dst[c, i, j, k] += w * src[c, i, jj, k]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _filter_axis2(src, dst, weights, replicate):
+    nc, n0, n1, n2 = src.shape
+    width = weights.shape[0]
+    r = (width - 1) // 2
+    for i in prange(n0):
+        row = np.empty(n2 + 2 * r, np.float32)  # the row with its padding: no branch in the inner loop
+        for c in range(nc):
+            for j in range(n1):
+                for k in range(n2):
+                    row[k + r] = src[c, i, j, k]
+                for t in range(r):
+                    row[t] = src[c, i, j, 0] if replicate else 0.0
+                    row[n2 + r + t] = src[c, i, j, n2 - 1] if replicate else 0.0
+                for k in range(n2):
+                    dst[c, i, j, k] = 0.0
+                for t in range(width):
+                    w = weights[t]
+                    for k in range(n2):
+                        dst[c, i, j, k] += w * row[k + t]
+
+
+def separable_filter(x: np.ndarray, weights: np.ndarray, replicate: bool) -> np.ndarray:
+    """Apply the odd-length 1-D kernel ``weights`` along each spatial axis of ``(C, D0, D1, D2)``.
+
+    ``replicate=True`` extends edge values (Gaussian smoothing, as :func:`caio.spatial.gaussian_blur`);
+    ``False`` treats the outside as zero (box sums, as :func:`caio.engine.similarity.box_sum`).
+    """
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    a = np.empty_like(x)
+    b = np.empty_like(x)
+    _filter_axis0(x, a, weights, replicate)
+    _filter_axis1(a, b, weights, replicate)
+    _filter_axis2(b, a, weights, replicate)
+    return a
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _max_squared_norm(field):
+    _, n0, n1, n2 = field.shape
+    partial = np.zeros(n0)
+    for i in prange(n0):
+        best = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                v = field[0, i, j, k] ** 2 + field[1, i, j, k] ** 2 + field[2, i, j, k] ** 2
+                best = max(best, v)
+        partial[i] = best
+    return partial.max()
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _scale(field, factor):
+    _, n0, n1, n2 = field.shape
+    for i in prange(n0):
+        for c in range(3):
+            for j in range(n1):
+                for k in range(n2):
+                    field[c, i, j, k] *= factor
+
+
+def scale_to_max_norm(field: np.ndarray, length: float) -> None:
+    """Scale ``(3, D0, D1, D2)`` in place so that its longest vector is ``length`` (zero stays zero)."""
+    top = math.sqrt(_max_squared_norm(field))
+    if top > 0:
+        _scale(field, np.float32(length / top))
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _lncc_products(fixed, warped, out):
+    _, n0, n1, n2 = out.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                f = fixed[i, j, k]
+                w = warped[i, j, k]
+                out[0, i, j, k] = f
+                out[1, i, j, k] = w
+                out[2, i, j, k] = f * f
+                out[3, i, j, k] = w * w
+                out[4, i, j, k] = f * w
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _lncc_terms(stats, n, e, squared, out):
+    """Per window: ncc (or ncc^2) and the four terms of its gradient (see similarity.lncc_and_gradient)."""
+    _, n0, n1, n2 = stats.shape
+    partial = np.zeros(n0)
+    for i in prange(n0):
+        acc = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                s_i = stats[0, i, j, k]
+                s_j = stats[1, i, j, k]
+                a = stats[4, i, j, k] - s_i * s_j / n
+                b = max(stats[2, i, j, k] - s_i * s_i / n, 0.0)
+                c = max(stats[3, i, j, k] - s_j * s_j / n, 0.0)
+                inv = 1.0 / math.sqrt(b * c + e)
+                ncc = a * inv
+                beta = a * b * inv * inv * inv
+                if squared:  # d ncc^2 = 2 ncc d ncc
+                    acc += ncc * ncc
+                    inv = 2.0 * ncc * inv
+                    beta = 2.0 * ncc * beta
+                else:
+                    acc += ncc
+                out[0, i, j, k] = inv
+                out[1, i, j, k] = inv * s_i / n
+                out[2, i, j, k] = beta
+                out[3, i, j, k] = beta * s_j / n
+        partial[i] = acc
+    return partial.sum()
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _lncc_field(fixed, warped, gradient, terms, scale, out):
+    _, n0, n1, n2 = out.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                g = (
+                    fixed[i, j, k] * terms[0, i, j, k]
+                    - terms[1, i, j, k]
+                    - warped[i, j, k] * terms[2, i, j, k]
+                    + terms[3, i, j, k]
+                ) * scale
+                out[0, i, j, k] = g * gradient[0, 0, i, j, k]
+                out[1, i, j, k] = g * gradient[0, 1, i, j, k]
+                out[2, i, j, k] = g * gradient[0, 2, i, j, k]
+
+
+def lncc_displacement_gradient(
+    fixed: np.ndarray, moving: np.ndarray, disp: np.ndarray, radius: int, eps: float, squared: bool = False
+) -> tuple[float, np.ndarray]:
+    """Mean LNCC (or squared LNCC) of ``fixed`` and ``moving`` warped by ``disp``, and its
+    gradient as a field.
+
+    Args:
+        fixed, moving: ``(D0, D1, D2)``.
+        disp: ``(3, D0, D1, D2)`` voxels.
+    Returns:
+        ``(similarity, field)``: field ``(3, D0, D1, D2)`` = d similarity / d warped times the
+        gradient of the moving image at the warped point (ascent direction).
+    """
+    shape = fixed.shape
+    warped = np.empty((1, *shape), np.float32)
+    grad = np.empty((1, 3, *shape), np.float32)
+    warp_with_gradient(moving[None], disp, warped, grad)
+    products = np.empty((5, *shape), np.float32)
+    _lncc_products(fixed, warped[0], products)
+    ones = np.ones(2 * radius + 1, np.float32)
+    stats = separable_filter(products, ones, replicate=False)
+    n = float((2 * radius + 1) ** 3)
+    terms = products[:4]  # reuse memory
+    total = _lncc_terms(stats, n, (n * eps) ** 2, squared, terms)
+    del stats
+    boxed = separable_filter(np.ascontiguousarray(terms), ones, replicate=False)
+    count = float(fixed.size)
+    out = np.empty((3, *shape), np.float32)
+    _lncc_field(fixed, warped[0], grad, boxed, 1.0 / count, out)
+    return float(total) / count, out
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _ssd_field(fixed, warped, gradient, out):
+    nc, n0, n1, n2 = fixed.shape
+    partial = np.zeros(n0)
+    for i in prange(n0):
+        acc = 0.0
+        for j in range(n1):
+            for k in range(n2):
+                g0 = 0.0
+                g1 = 0.0
+                g2 = 0.0
+                for c in range(nc):
+                    d = fixed[c, i, j, k] - warped[c, i, j, k]
+                    acc += d * d
+                    g0 += d * gradient[c, 0, i, j, k]
+                    g1 += d * gradient[c, 1, i, j, k]
+                    g2 += d * gradient[c, 2, i, j, k]
+                out[0, i, j, k] = g0
+                out[1, i, j, k] = g1
+                out[2, i, j, k] = g2
+        partial[i] = acc
+    return partial.sum()
+
+
+def ssd_displacement_gradient(fixed: np.ndarray, moving: np.ndarray, disp: np.ndarray) -> tuple[float, np.ndarray]:
+    """``-mean(sum_c (F_c - W_c)^2)`` of feature maps and its gradient as a field.
+
+    Args:
+        fixed, moving: ``(C, D0, D1, D2)`` features.
+        disp: ``(3, D0, D1, D2)`` voxels.
+    Returns:
+        ``(similarity, field)`` as :func:`lncc_displacement_gradient`.
+    """
+    shape = fixed.shape[1:]
+    warped = np.empty_like(moving)
+    grad = np.empty((moving.shape[0], 3, *shape), np.float32)
+    warp_with_gradient(moving, disp, warped, grad)
+    out = np.empty((3, *shape), np.float32)
+    total = _ssd_field(fixed, warped, grad, out)
+    count = float(np.prod(shape))
+    out *= 2.0 / count
+    return -float(total) / count, out

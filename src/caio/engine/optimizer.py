@@ -1,0 +1,168 @@
+"""One resolution level of the engine: greedy diffeomorphic gradient steps, deadline-aware.
+
+Each iteration (Greedy / SyN-style, from their published descriptions):
+
+1. warp the moving image (or its features) with the current field ``u``;
+2. similarity and its gradient with respect to the warped image (:mod:`caio.engine.similarity`),
+   times the spatial gradient of the warped image: the first variation of the similarity for
+   a small update ``v`` applied *before* ``u`` (``x -> x + v(x) + u(x + v(x))``);
+3. smooth that gradient with a Gaussian (``sigma_update``, "fluid" regularisation) and scale it
+   so that its largest step is ``step`` voxels;
+4. compose the field with the update (or add it), then smooth the field (``sigma_field``,
+   "elastic" regularisation).
+
+The deadline is checked before every iteration; the field of the best similarity seen is kept
+and returned, so the result is valid whenever the loop stops. Shapes: images
+``[1, C, D0, D1, D2]``, displacements ``[1, 3, D0, D1, D2]`` in voxels of the level's grid
+(:mod:`caio.spatial` convention).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from caio import spatial
+
+SimilarityFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor]]
+"""``(fixed, warped) -> (similarity, d similarity / d warped)``; higher similarity is better."""
+
+
+@dataclass(frozen=True)
+class LevelSettings:
+    """Optimiser settings of one level.
+
+    Attributes:
+        step: largest update per iteration, in voxels of the level's grid.
+        sigma_update: Gaussian smoothing of the update, voxels (0: none).
+        sigma_field: Gaussian smoothing of the field after each update, voxels (0: none).
+        compose: compose updates (diffeomorphic, Greedy's default) instead of adding them.
+    """
+
+    step: float = 1.0
+    sigma_update: float = 1.5
+    sigma_field: float = 0.5
+    compose: bool = True
+
+
+@dataclass
+class LevelResult:
+    """What one level did: iterations run, similarity at the start and of the returned field."""
+
+    displacement: torch.Tensor
+    iterations: int
+    similarity_start: float
+    similarity_best: float
+    seconds: float
+    stopped_by_deadline: bool
+
+
+def spatial_gradient(image: torch.Tensor) -> torch.Tensor:
+    """Central differences along each array axis (one-sided at the border).
+
+    Args:
+        image: ``[1, C, D0, D1, D2]``.
+    Returns:
+        ``[1, C, 3, D0, D1, D2]``: derivative of every channel along axis 0, 1, 2 (per voxel).
+    """
+    grads = []
+    for axis in (2, 3, 4):
+        n = image.shape[axis]
+        if n < 2:
+            grads.append(torch.zeros_like(image))
+            continue
+        d = torch.empty_like(image)
+        d.narrow(axis, 1, n - 2).copy_((image.narrow(axis, 2, n - 2) - image.narrow(axis, 0, n - 2)) * 0.5)
+        d.narrow(axis, 0, 1).copy_(image.narrow(axis, 1, 1) - image.narrow(axis, 0, 1))
+        d.narrow(axis, n - 1, 1).copy_(image.narrow(axis, n - 1, 1) - image.narrow(axis, n - 2, 1))
+        grads.append(d)
+    return torch.stack(grads, dim=2)
+
+
+def displacement_gradient(similarity_gradient: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """Chain rule: ``sum_k dS/dW_k(x) * grad W_k(x)`` as a ``[1, 3, D0, D1, D2]`` field.
+
+    Args:
+        similarity_gradient: ``[1, C, D0, D1, D2]`` gradient with respect to the warped image.
+        warped: ``[1, C, D0, D1, D2]`` the warped image (or features).
+    """
+    out = torch.zeros((1, 3, *warped.shape[2:]), dtype=warped.dtype, device=warped.device)
+    for k in range(warped.shape[1]):
+        out += similarity_gradient[:, k : k + 1] * spatial_gradient(warped[:, k : k + 1])[:, 0]
+    return out
+
+
+class TorchKernels:
+    """The iteration's building blocks in PyTorch (any device; the GPU path).
+
+    Args:
+        similarity: ``(fixed, warped) -> (similarity, d similarity / d warped)``.
+    """
+
+    def __init__(self, similarity: SimilarityFn) -> None:
+        self.similarity = similarity
+
+    def similarity_field(
+        self, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
+    ) -> tuple[float, torch.Tensor]:
+        """Similarity of ``moving`` warped by ``disp`` and its ascent direction ``[1, 3, ...]``."""
+        warped = spatial.warp(moving, disp)
+        sim, sim_grad = self.similarity(fixed, warped)
+        return sim, displacement_gradient(sim_grad, warped)
+
+    def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
+        """One regularised step: smooth the gradient, scale its longest vector to
+        ``settings.step`` voxels, compose (or add), smooth the field. Returns the new field."""
+        if settings.sigma_update > 0:
+            gradient = spatial.gaussian_blur(gradient, settings.sigma_update)
+        norm = float(gradient.square().sum(dim=1).max().sqrt())
+        step = gradient * (settings.step / norm) if norm > 0 else gradient
+        disp = spatial.compose(disp, step) if settings.compose else disp + step
+        return spatial.gaussian_blur(disp, settings.sigma_field) if settings.sigma_field > 0 else disp
+
+
+def optimise_level(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    init: torch.Tensor,
+    kernels: TorchKernels,
+    iterations: int,
+    settings: LevelSettings,
+    deadline: float | None = None,
+) -> LevelResult:
+    """Run up to ``iterations`` greedy steps at one resolution.
+
+    Args:
+        fixed: ``[1, C, D0, D1, D2]`` fixed image or features.
+        moving: ``[1, C, D0, D1, D2]`` moving image or features on the same grid.
+        init: ``[1, 3, D0, D1, D2]`` starting displacement (voxels of this grid).
+        kernels: :class:`TorchKernels` or :class:`caio.engine.cpu_backend.NumbaKernels`.
+        iterations: maximum number of updates.
+        settings: step and smoothing.
+        deadline: absolute ``time.monotonic()`` after which no new iteration starts.
+    Returns:
+        :class:`LevelResult` whose displacement is the best field seen (by similarity).
+    """
+    start = time.monotonic()
+    u = init
+    best_u, best_sim, first_sim = init, float("-inf"), None
+    done, stopped = 0, False
+    for _ in range(iterations + 1):  # the last pass only scores the final field
+        if deadline is not None and time.monotonic() >= deadline:
+            stopped = True
+            break
+        sim, grad = kernels.similarity_field(fixed, moving, u)
+        first_sim = sim if first_sim is None else first_sim
+        if sim > best_sim:
+            best_u, best_sim = u, sim
+        if done == iterations:
+            break
+        u = kernels.update(u, grad, settings)
+        del grad
+        done += 1
+    if first_sim is None:
+        first_sim = best_sim
+    return LevelResult(best_u, done, first_sim, best_sim, time.monotonic() - start, stopped)

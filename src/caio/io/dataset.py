@@ -1,0 +1,170 @@
+"""LUMIR dataset interface: the dataset JSON, pair naming and output file names.
+
+Every problem with a user's file raises :class:`caio.errors.CaioInputError` whose message is
+one line naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from caio.errors import CaioInputError
+
+LUMIR_SHAPE: tuple[int, int, int] = (160, 224, 192)
+"""Spatial shape of every LUMIR volume (array axes 0, 1, 2)."""
+
+_LUMIR_NAME = re.compile(r"(?P<subject>\d{4})_(?P<modality>\d{4})\.nii(\.gz)?$")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One registration job: warp ``moving`` onto ``fixed``.
+
+    Attributes:
+        fixed, moving: absolute paths of the two volumes.
+        fixed_id, moving_id: 4-digit subject IDs cut from the file names.
+        fixed_modality, moving_modality: 4-digit modality codes (``0000`` is T1w).
+        fixed_rel, moving_rel: the paths as written in the dataset JSON.
+    """
+
+    fixed: Path
+    moving: Path
+    fixed_id: str
+    moving_id: str
+    fixed_modality: str
+    moving_modality: str
+    fixed_rel: str = ""
+    moving_rel: str = ""
+
+    @property
+    def key(self) -> str:
+        """Case key as in the evaluator's ``metrics.json``: ``"3455_0000<--3454_0000"``."""
+        return f"{self.fixed_id}_{self.fixed_modality}<--{self.moving_id}_{self.moving_modality}"
+
+    @property
+    def is_cross_contrast(self) -> bool:
+        """True when the two modality codes differ (a hint only; the gate decides)."""
+        return self.fixed_modality != self.moving_modality
+
+
+def parse_lumir_name(path: str | os.PathLike) -> tuple[str, str]:
+    """Subject and modality IDs of a ``..._SSSS_MMMM.nii.gz`` file name.
+
+    Falls back to the evaluator's character positions (subject = the 4 characters ending
+    12 before the end, modality = the 4 before ``.nii.gz``) only when they are digits.
+
+    Raises:
+        CaioInputError: if the name does not end in ``_SSSS_MMMM.nii.gz``.
+    """
+    name = os.path.basename(str(path))
+    match = _LUMIR_NAME.search(name)
+    if match is None:
+        raise CaioInputError(
+            f"{path}: file name must end in _SSSS_MMMM.nii.gz (4-digit subject and modality), "
+            f"e.g. LUMIRMRI_3455_0000.nii.gz"
+        )
+    return match.group("subject"), match.group("modality")
+
+
+def output_names(pair: Pair) -> list[str]:
+    """File names the evaluator looks for, short name first.
+
+    The short name ``disp_<FIXED>_<MOVING>.nii.gz`` is always written. The long name
+    ``disp_<FIXED>_<FMOD>_<MOVING>_<MMOD>.nii.gz`` is added when the pair is neither
+    same-modality nor (fixed ``0000``, moving ``0001``): that is the one the evaluator reads then.
+    """
+    names = [f"disp_{pair.fixed_id}_{pair.moving_id}.nii.gz"]
+    standard = pair.fixed_modality == pair.moving_modality or (
+        pair.fixed_modality == "0000" and pair.moving_modality == "0001"
+    )
+    if not standard:
+        names.append(f"disp_{pair.fixed_id}_{pair.fixed_modality}_{pair.moving_id}_{pair.moving_modality}.nii.gz")
+    return names
+
+
+def evaluated_output_name(pair: Pair) -> str:
+    """The one file name the official evaluator opens for this pair."""
+    return output_names(pair)[-1]
+
+
+def resolve_data_path(root: Path, relative: str) -> Path:
+    """Join a JSON path such as ``./imagesVal/x.nii.gz`` to the data root."""
+    rel = relative[2:] if relative.startswith("./") else relative
+    path = Path(rel)
+    return path if path.is_absolute() else Path(root) / path
+
+
+def load_pairs(
+    json_path: str | os.PathLike,
+    data_root: str | os.PathLike,
+    keys: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> list[Pair]:
+    """Read the registration pairs of a LUMIR-style dataset JSON.
+
+    Pairs are taken from every top-level list whose entries are ``{"fixed", "moving"}``
+    objects (``validation`` in the official files; ``test``, ``testing`` ... also work),
+    in file order, or only from ``keys`` when given. Lists of ``{"image": ...}`` entries
+    (``training``) are ignored.
+
+    Raises:
+        CaioInputError: missing or malformed JSON, a requested key that is absent, an entry
+            without ``fixed``/``moving``, a duplicate pair, no pair at all, a missing image
+            file (when ``check_files``) or a file name without LUMIR IDs.
+    """
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise CaioInputError(f"{json_path}: dataset JSON not found")
+    try:
+        data = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CaioInputError(f"{json_path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CaioInputError(f"{json_path}: top level must be an object with a 'validation' list")
+    if keys is None:
+        keys = [k for k, v in data.items() if _is_pair_list(v)]
+        if not keys:
+            raise CaioInputError(f"{json_path}: no list of {{'fixed', 'moving'}} entries (expected key 'validation')")
+    pairs: list[Pair] = []
+    seen: set[tuple[str, str]] = set()
+    for key in keys:
+        if key not in data:
+            raise CaioInputError(f"{json_path}: key '{key}' not found (keys: {', '.join(map(str, data))})")
+        entries = data[key]
+        if not isinstance(entries, list):
+            raise CaioInputError(f"{json_path}: '{key}' must be a list")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not {"fixed", "moving"} <= set(entry):
+                raise CaioInputError(f"{json_path}: entry {i} of '{key}' needs both 'fixed' and 'moving'")
+            fixed_rel, moving_rel = str(entry["fixed"]), str(entry["moving"])
+            if (fixed_rel, moving_rel) in seen:
+                raise CaioInputError(f"{json_path}: duplicate pair fixed={fixed_rel} moving={moving_rel}")
+            seen.add((fixed_rel, moving_rel))
+            pairs.append(_make_pair(Path(data_root), fixed_rel, moving_rel, check_files))
+    if not pairs:
+        raise CaioInputError(f"{json_path}: the pair list is empty")
+    return pairs
+
+
+def _is_pair_list(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(e, dict) and ("fixed" in e or "moving" in e) for e in value)
+    )
+
+
+def _make_pair(root: Path, fixed_rel: str, moving_rel: str, check_files: bool) -> Pair:
+    fixed, moving = resolve_data_path(root, fixed_rel), resolve_data_path(root, moving_rel)
+    if check_files:
+        for path in (fixed, moving):
+            if not path.is_file():
+                raise CaioInputError(f"{path}: image file not found")
+    fixed_id, fixed_mod = parse_lumir_name(fixed_rel)
+    moving_id, moving_mod = parse_lumir_name(moving_rel)
+    return Pair(fixed, moving, fixed_id, moving_id, fixed_mod, moving_mod, fixed_rel, moving_rel)

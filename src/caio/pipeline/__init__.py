@@ -1,0 +1,13 @@
+"""The registration pipeline: settings (:mod:`~caio.pipeline.config`), networks
+(:mod:`~caio.pipeline.models`), the stages of one pair (:mod:`~caio.pipeline.stages`,
+:mod:`~caio.pipeline.pair`) and the run loop that writes every output (:mod:`~caio.pipeline.run`).
+
+Imports go one way only: config <- models <- stages <- pair <- run.
+"""
+
+from caio.pipeline.config import PipelineConfig
+from caio.pipeline.models import Models, load_models
+from caio.pipeline.pair import PairResult, register_pair
+from caio.pipeline.run import RunSummary, run
+
+__all__ = ["Models", "PairResult", "PipelineConfig", "RunSummary", "load_models", "register_pair", "run"]

@@ -1,0 +1,1 @@
+"""Instance-optimisation refinement: the cascade, its networks, losses and pretraining."""

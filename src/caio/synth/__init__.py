@@ -1,0 +1,1 @@
+"""Synthetic multi-contrast LUMIR-style data from label maps."""

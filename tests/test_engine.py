@@ -1,0 +1,254 @@
+"""The registration engine (caio.register): kernels, gradients, recovery of known warps, deadlines."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from caio import spatial
+from caio.engine import EngineConfig, register
+from caio.engine import cpu_kernels as ck
+from caio.engine.cpu_backend import NumbaKernels
+from caio.engine.optimizer import LevelSettings, TorchKernels, optimise_level
+from caio.engine.schedule import CostModel, plan_iterations
+from caio.engine.similarity import box_sum, lncc_and_gradient
+
+TEST_DATA = Path(__file__).resolve().parents[1] / "test_data"
+
+
+def _smooth_random(shape, channels, sigma, scale, seed):
+    """Smooth random ``[1, channels, *shape]`` with root-mean-square ``scale / 2``."""
+    gen = torch.Generator().manual_seed(seed)
+    field = spatial.gaussian_blur(torch.randn(1, channels, *shape, generator=gen), sigma)
+    return field * (0.5 * scale / field.square().mean().sqrt())
+
+
+def _real_slab(factor: int = 3) -> torch.Tensor:
+    """The test_data T1 (LUMIRMRI_3455_0000), downsampled ``factor`` times: ``[1, 1, ...]`` in [0, 255]."""
+    image = np.asarray(nib.load(TEST_DATA / "imagesVal" / "LUMIRMRI_3455_0000.nii.gz").dataobj, np.float32)
+    volume = torch.from_numpy(image)[None, None]
+    return spatial.resize_image(volume, spatial.scaled_shape(volume.shape[2:], factor))
+
+
+def _brain_rms(error: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(error.square().sum(dim=1)[0][mask].mean().sqrt())
+
+
+# ------------------------------------------------------------------ kernels against the reference maths
+
+
+def test_numba_warp_compose_blur_and_box_match_the_torch_reference():
+    shape = (18, 22, 20)
+    moving = _smooth_random(shape, 1, 1.0, 1.0, 0)
+    u = _smooth_random(shape, 3, 2.0, 3.0, 1)
+    v = _smooth_random(shape, 3, 2.0, 1.5, 2)
+    warped = np.empty((1, *shape), np.float32)
+    gradient = np.empty((1, 3, *shape), np.float32)
+    ck.warp_with_gradient(moving[0].numpy(), u[0].numpy(), warped, gradient)
+    assert np.allclose(warped, spatial.warp(moving, u)[0].numpy(), atol=1e-5)
+    composed = np.empty((3, *shape), np.float32)
+    ck.compose_fields(u[0].numpy(), v[0].numpy(), composed)
+    assert np.allclose(composed, spatial.compose(u, v)[0].numpy(), atol=1e-5)
+    weights = spatial.gaussian_kernel1d(1.5).numpy()
+    assert np.allclose(
+        ck.separable_filter(u[0].numpy(), weights, True), spatial.gaussian_blur(u, 1.5)[0].numpy(), atol=1e-5
+    )
+    ones = np.ones(5, np.float32)
+    assert np.allclose(ck.separable_filter(u[0].numpy(), ones, False), box_sum(u, 2)[0].numpy(), atol=1e-4)
+
+
+def test_warp_gradient_is_the_derivative_of_the_interpolated_image():
+    shape = (16, 18, 17)
+    moving = _smooth_random(shape, 1, 1.5, 1.0, 3)[0].numpy()
+    u = _smooth_random(shape, 3, 2.0, 2.0, 4)[0].numpy()
+    warped = np.empty((1, *shape), np.float32)
+    gradient = np.empty((1, 3, *shape), np.float32)
+    ck.warp_with_gradient(moving, u, warped, gradient)
+    h = 1e-2
+    for axis in range(3):
+        shifted = u.copy()
+        shifted[axis] += h
+        plus = np.empty_like(warped)
+        ck.warp_with_gradient(moving, shifted, plus, np.empty_like(gradient))
+        inner = (slice(2, -2),) * 3
+        numeric = ((plus - warped) / h)[0][inner]
+        # exact except where the finite step crosses a voxel boundary (a kink of the interpolant)
+        assert np.isclose(gradient[0, axis][inner], numeric, atol=2e-3).mean() > 0.97
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_lncc_gradient_equals_autograd_in_float64(squared):
+    shape = (12, 13, 11)
+    fixed = _smooth_random(shape, 1, 1.0, 1.0, 5).double()
+    warped = _smooth_random(shape, 1, 1.0, 1.0, 6).double().requires_grad_()
+    n = 125.0
+    stats = [box_sum(x, 2) for x in (fixed, warped, fixed * fixed, warped * warped, fixed * warped)]
+    a = stats[4] - stats[0] * stats[1] / n
+    b = stats[2] - stats[0] ** 2 / n
+    c = stats[3] - stats[1] ** 2 / n
+    ncc = a / torch.sqrt(b * c + (n * 1e-3) ** 2)
+    (ncc.square() if squared else ncc).mean().backward()
+    similarity, gradient = lncc_and_gradient(fixed, warped.detach(), 2, 1e-3, squared=squared)
+    assert similarity == pytest.approx(float((ncc.square() if squared else ncc).mean().detach()), rel=1e-12)
+    assert torch.allclose(gradient, warped.grad, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["lncc", "lncc2", "mind"])
+def test_numba_similarity_field_matches_the_torch_path(kind):
+    shape = (14, 16, 15)
+    channels = 12 if kind == "mind" else 1
+    fixed = _smooth_random(shape, channels, 1.0, 1.0, 7)
+    moving = _smooth_random(shape, channels, 1.0, 1.0, 8)
+    u = _smooth_random(shape, 3, 2.0, 1.5, 9)
+    sim, field = NumbaKernels(kind, 2, 1e-3).similarity_field(fixed, moving, u)
+    # reference: torch similarity gradient on the Numba-warped image, times the interpolant's gradient
+    warped = np.empty((channels, *shape), np.float32)
+    grad = np.empty((channels, 3, *shape), np.float32)
+    ck.warp_with_gradient(moving[0].numpy(), u[0].numpy(), warped, grad)
+    warped_t = torch.from_numpy(warped)[None]
+    if kind == "mind":
+        ref_sim, ref_grad = (
+            -float((fixed - warped_t).square().sum(1).mean()),
+            2 * (fixed - warped_t) / fixed[0, 0].numel(),
+        )
+    else:
+        ref_sim, ref_grad = lncc_and_gradient(fixed, warped_t, 2, 1e-3, squared=kind == "lncc2")
+    reference = (ref_grad[0][:, None] * torch.from_numpy(grad)).sum(0)
+    assert sim == pytest.approx(ref_sim, rel=1e-4)
+    assert torch.allclose(field[0], reference, atol=1e-4 * float(reference.abs().max()))
+
+
+def test_numba_and_torch_paths_recover_the_same_warp_equally_well():
+    shape = (24, 26, 24)
+    moving = _smooth_random(shape, 1, 1.5, 1.0, 10)
+    truth = _smooth_random(shape, 3, 4.0, 2.0, 11)
+    fixed = spatial.warp(moving, truth)
+    start = torch.zeros((1, 3, *shape))
+    settings = LevelSettings(step=0.5)
+    torch_kernels = TorchKernels(lambda f, w: lncc_and_gradient(f, w, 2, 1e-3))
+    errors = []
+    for kernels in (NumbaKernels("lncc", 2, 1e-3), torch_kernels):
+        level = optimise_level(fixed, moving, start, kernels, 40, settings)
+        assert level.similarity_best > level.similarity_start
+        errors.append(float((level.displacement - truth).square().sum(1).mean().sqrt()))
+    before = float(truth.square().sum(1).mean().sqrt())
+    # they differ only in the image gradient (the interpolant's vs central differences)
+    assert max(errors) < 0.6 * before and abs(errors[0] - errors[1]) < 0.25 * before, (errors, before)
+
+
+# ------------------------------------------------------------------ registration behaviour
+
+
+def test_recovers_a_known_smooth_deformation_of_a_real_image():
+    moving = _real_slab()
+    truth = _smooth_random(moving.shape[2:], 3, 4.0, 3.0, 12)
+    fixed = spatial.warp(moving, truth)  # fixed(x) = moving(x + truth(x)): the answer is truth itself
+    disp, trace = register(fixed, moving, similarity="lncc", config=EngineConfig(factors=(2, 1), iterations=(60, 30)))
+    mask = fixed[0, 0] > 0.1 * float(fixed.max())
+    before, after = _brain_rms(truth, mask), _brain_rms(disp - truth, mask)
+    assert after < 0.4 * before, (before, after)
+    assert trace.similarity_after > trace.similarity_before
+    assert float(spatial.jacobian_determinant(disp).min()) > 0
+
+
+@pytest.mark.parametrize("similarity", ["lncc2", "mind"])
+def test_cross_contrast_recovers_a_known_warp_between_t1_and_t2_like_images(similarity):
+    from caio.synth.contrast_models import SynthConfig, generator_for, synthesize_image
+    from caio.synth.generator import canonical_labels
+
+    raw = np.asarray(nib.load(TEST_DATA / "labelsVal" / "LUMIRMRI_3455_0000.nii.gz").dataobj)[::3, ::3, ::3]
+    labels = canonical_labels(raw.astype(np.int64))
+    t1 = synthesize_image(labels, "t1", generator_for(0, 1), SynthConfig())
+    t2 = synthesize_image(labels, "t2", generator_for(0, 2), SynthConfig())
+    truth = _smooth_random(t1.shape[2:], 3, 5.0, 2.0, 13)
+    fixed = spatial.warp(t1, truth)
+    label_map = torch.from_numpy(labels.astype(np.float32))[None, None]
+    fixed_labels = spatial.warp(label_map, truth, mode="nearest")
+    config = EngineConfig(factors=(2, 1), iterations=(60, 30), mind_factors=(2, 1), mind_iterations=(60, 30))
+    disp, trace = register(fixed, t2, similarity=similarity, config=config)
+
+    def dice(warped_labels: torch.Tensor) -> float:
+        scores = []
+        for value in np.unique(labels)[1:]:
+            a, b = fixed_labels == float(value), warped_labels == float(value)
+            scores.append(2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0))
+        return float(np.mean(scores))
+
+    before, after = dice(label_map), dice(spatial.warp(label_map, disp, mode="nearest"))
+    assert after > before + 0.25 * (1 - before), (before, after)  # a quarter of the gap closed at 3 mm voxels
+    assert trace.similarity == similarity and trace.similarity_after > trace.similarity_before
+
+
+def test_a_deadline_is_kept_and_still_gives_a_field_better_than_zero():
+    moving = _real_slab(2)
+    fixed = spatial.warp(moving, _smooth_random(moving.shape[2:], 3, 4.0, 3.0, 14))
+    register(fixed[..., :8, :8, :8], moving[..., :8, :8, :8], similarity="lncc")  # compile / warm up
+    budget = 1.5
+    start = time.monotonic()
+    disp, trace = register(fixed, moving, similarity="lncc", deadline=start + budget)
+    elapsed = time.monotonic() - start
+    assert elapsed <= budget * 1.1 + 0.2, elapsed
+    assert trace.iterations > 0 and trace.similarity_after > trace.similarity_before
+    assert float(disp.abs().max()) > 0
+
+
+def test_a_deadline_already_past_returns_the_zero_field_at_once():
+    fixed = _smooth_random((16, 16, 16), 1, 1.0, 1.0, 15)
+    disp, trace = register(fixed, fixed, similarity="lncc", deadline=time.monotonic() - 1)
+    assert disp.shape == (1, 3, 16, 16, 16) and float(disp.abs().max()) == 0
+    assert trace.stopped_by_deadline and trace.iterations == 0
+
+
+def test_init_field_is_the_starting_point():
+    moving = _real_slab()
+    truth = _smooth_random(moving.shape[2:], 3, 4.0, 3.0, 16)
+    fixed = spatial.warp(moving, truth)
+    disp, trace = register(
+        fixed, moving, similarity="lncc", init=truth, config=EngineConfig(factors=(1,), iterations=(0,))
+    )
+    assert torch.allclose(disp, truth, atol=1e-5)
+
+
+def test_output_is_on_the_full_grid_with_the_crop_undone():
+    fixed = torch.zeros(1, 1, 40, 44, 36)
+    fixed[..., 10:30, 12:34, 8:28] = _smooth_random((20, 22, 20), 1, 1.0, 100.0, 17).abs() + 10
+    moving = torch.roll(fixed, 2, dims=2)
+    disp, _ = register(fixed, moving, similarity="lncc", config=EngineConfig(factors=(2, 1), iterations=(30, 10)))
+    assert disp.shape == (1, 3, 40, 44, 36)
+    centre = disp[0, 0, 15:25, 17:29, 13:23]
+    assert float(centre.mean()) == pytest.approx(2.0, abs=0.6)
+
+
+def test_bad_inputs_are_rejected_with_a_message():
+    with pytest.raises(ValueError, match="share a grid"):
+        register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 9))
+    with pytest.raises(ValueError, match="NaN"):
+        register(torch.full((1, 1, 8, 8, 8), float("nan")), torch.rand(1, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match="similarity"):
+        register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="ncc")
+
+
+# ------------------------------------------------------------------ schedule
+
+
+def test_schedule_cuts_the_finest_level_before_skipping_a_level():
+    cost = CostModel(1e-6)
+    voxels = [1_000, 8_000, 64_000]  # 1 ms, 8 ms, 64 ms per iteration
+    assert plan_iterations([100, 50, 20], voxels, 10.0, cost) == [100, 50, 20]
+    # 0.1 + 0.4 s for the coarse levels leaves 0.3 s for the finest: 4 iterations
+    assert plan_iterations([100, 50, 20], voxels, 0.8, cost) == [100, 50, 4]
+    # too little for 3 finest iterations: the finest level is skipped, the middle one cut
+    assert plan_iterations([100, 50, 20], voxels, 0.3001, cost) == [100, 25, 0]
+    # the coarsest level always gets what fits
+    assert plan_iterations([100, 50, 20], voxels, 0.05, cost) == [50, 0, 0]
+
+
+def test_cost_model_learns_from_measurements():
+    cost = CostModel(1e-9)
+    cost.update(seconds=1.0, iterations=10, voxels=1000)
+    assert cost.measured and cost.iteration_seconds(1000) == pytest.approx(0.1)
