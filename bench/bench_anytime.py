@@ -37,7 +37,7 @@ BUDGETS = (10.0, 20.0, 40.0, 60.0, 120.0)
 
 
 def worker(case: Path, budget: float, result: Path, threads: int) -> None:
-    from caio.engine.api import register  # TEMP
+    from caio.engine import register
 
     f, m = br._load_pair_tensors(case, threads)
     t0 = time.monotonic()

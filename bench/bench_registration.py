@@ -242,7 +242,7 @@ def _load_pair_tensors(case: Path, threads: int):
 
 def run_caio_engine(case: Path, cross: bool, threads: int, extra: dict) -> tuple[float, np.ndarray]:
     """:func:`caio.engine.register` with its defaults (similarity "auto"), CPU; time = the call only."""
-    from caio.engine.api import register  # TEMP
+    from caio.engine import register
 
     f, m = _load_pair_tensors(case, threads)
     t0 = time.perf_counter()
