@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +13,8 @@ import torch
 
 from caio.contrast.brainid import BrainID, BrainIDConfig, load_brainid, synthesize_t1, tiled_image
 from caio.errors import CaioInputError
-
-
-def recipe_state(manifest: dict, dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """Deterministic weights of fixtures/README.md §0."""
-    state = {}
-    for entry in manifest["keys"]:
-        gen = torch.Generator().manual_seed(int(entry["seed"]))
-        z = torch.randn(tuple(entry["shape"]), generator=gen)
-        state[entry["key"]] = (entry["offset"] + entry["scale"] * z.to(torch.float64)).to(dtype)
-    return state
+from caio.weights.checkpoints import load_checkpoint
+from weights_recipe import BRAINID_EXTRA_HEAD, recipe_state, write_deterministic_weights
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +30,20 @@ def fixture_input(fixtures_dir: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model64(manifest) -> BrainID:
     model = BrainID().double()
-    model.load_state_dict(recipe_state(manifest), strict=True)
+    model.load_state_dict(recipe_state("brainid"), strict=True)
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def model32(manifest) -> BrainID:
-    model = BrainID()
-    model.load_state_dict(recipe_state(manifest, torch.float32), strict=True)
-    return model.eval()
+def written(tmp_path_factory) -> Path:
+    """The recipe's weights saved as ``brain_id_pretrained.pth`` in the official layout (with an unused seg head)."""
+    return write_deterministic_weights(tmp_path_factory.mktemp("weights"), vfa_mono=False, vfa_multi=False)["brainid"]
+
+
+@pytest.fixture(scope="module")
+def model32(written) -> BrainID:
+    """The float32 model as the pipeline gets it: the written checkpoint through the real loader."""
+    return load_brainid(written, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +71,8 @@ def test_state_dict_keys_and_shapes_match_official_manifest(manifest):
 
 
 def test_recipe_weights_reproduce_manifest_checksums(manifest):
-    state = recipe_state(manifest)
-    for entry in manifest["keys"][:6] + manifest["keys"][-3:]:
+    state = recipe_state("brainid")
+    for entry in manifest["keys"]:
         value = state[entry["key"]]
         assert float(value.sum()) == pytest.approx(entry["check_sum_f64"], rel=1e-12, abs=1e-9)
         np.testing.assert_allclose(value.flatten()[:3].numpy(), entry["check_first3_f64"], rtol=1e-12)
@@ -103,6 +101,7 @@ def test_float64_forward_matches_official_image_and_features(model64, fixture_in
 
 
 def test_float32_forward_matches_official_image(model32, fixture_input, fixtures_dir):
+    """``model32`` comes from the written official-layout file: the recipe and the loader are right."""
     expected = np.load(fixtures_dir / "brainid" / "expected_f32.npz")["image"]
     x = torch.from_numpy(fixture_input.astype(np.float32) / 255.0)[None, None]
     with torch.no_grad():
@@ -181,9 +180,51 @@ def test_clean_checkpoint_with_pickled_namespace_loads(tmp_path):
     assert not model.training
 
 
+def test_written_checkpoint_has_the_official_layout_and_an_unused_head(written, model32):
+    checkpoint = load_checkpoint(written, allowed_globals=[argparse.Namespace])
+    assert written.name == "brain_id_pretrained.pth"
+    assert set(checkpoint) == {"model", "optimizer", "epoch", "args", "best_val_stats"}
+    assert isinstance(checkpoint["args"], argparse.Namespace)
+    state = checkpoint["model"]
+    assert len(state) == 56 + len(BRAINID_EXTRA_HEAD) and set(BRAINID_EXTRA_HEAD) <= set(state)
+    loaded = model32.state_dict()
+    assert set(loaded) == set(state) - set(BRAINID_EXTRA_HEAD)
+    assert all(torch.equal(loaded[k], state[k]) for k in ("head.final_conv_image.weight", "head.final_conv_image.bias"))
+
+
+def test_unused_head_is_logged_in_one_line_and_ignored(tmp_path, caplog):
+    state = _constant_state()
+    state["head.final_conv_seg.weight"] = torch.zeros(33, 64, 1, 1, 1)
+    state["head.final_conv_seg.bias"] = torch.zeros(33)
+    path = _save(tmp_path / "brain_id_pretrained.pth", {"model": state, "epoch": 1, "args": argparse.Namespace(a=1)})
+    with caplog.at_level(logging.INFO, logger="caio.weights.checkpoints"):
+        model = load_brainid(path, "cpu")
+    lines = [r.getMessage() for r in caplog.records if "final_conv_seg" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert str(path) in lines[0] and "head.final_conv_seg.weight" in lines[0] and "head.final_conv_seg.bias" in lines[0]
+    assert "ignored" in lines[0]
+    assert not any(k.startswith("head.final_conv_seg") for k in model.state_dict())
+    assert torch.equal(model.state_dict()["head.final_conv_image.bias"], state["head.final_conv_image.bias"])
+
+
+def test_missing_keys_are_an_error_naming_the_file_and_the_first_keys(tmp_path):
+    state = _constant_state()
+    gone = [k for k in state if k.startswith("backbone.decoders.3.")]
+    for key in gone:
+        del state[key]
+    state["head.final_conv_seg.weight"] = torch.zeros(33, 64, 1, 1, 1)  # an unused head does not hide the problem
+    path = _save(tmp_path / "brain_id_pretrained.pth", {"model": state, "epoch": 1})
+    with pytest.raises(CaioInputError) as info:
+        load_brainid(path, "cpu")
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message
+    assert all(f"'{k}'" in message for k in gone[:3]) and f"+{len(gone) - 3} more" in message
+    assert "final_conv_seg" not in message
+
+
 @pytest.mark.parametrize(
     "problem",
-    ["truncated", "wrong_shape", "extra_key", "missing_key", "no_model_entry", "foreign_class", "missing_file"],
+    ["truncated", "wrong_shape", "missing_key", "no_model_entry", "foreign_class", "missing_file"],
 )
 def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
     state = _constant_state()
@@ -191,8 +232,6 @@ def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
     path = tmp_path / "ckpt.pth"
     if problem == "wrong_shape":
         state["head.final_conv_image.weight"] = torch.zeros(2, 64, 1, 1, 1)
-    elif problem == "extra_key":
-        state["head.final_conv_seg.weight"] = torch.zeros(33, 64, 1, 1, 1)
     elif problem == "missing_key":
         del state["backbone.decoders.3.basic_module.SingleConv2.conv.weight"]
     elif problem == "no_model_entry":
@@ -208,7 +247,5 @@ def test_malformed_checkpoint_raises_input_error(tmp_path, problem):
         load_brainid(path, "cpu")
     message = str(info.value)
     assert str(path) in message and "\n" not in message
-    if problem in ("wrong_shape", "extra_key", "missing_key"):
-        assert {"wrong_shape": "final_conv_image.weight", "extra_key": "final_conv_seg", "missing_key": "decoders.3"}[
-            problem
-        ] in message
+    if problem in ("wrong_shape", "missing_key"):
+        assert {"wrong_shape": "final_conv_image.weight", "missing_key": "decoders.3"}[problem] in message

@@ -71,7 +71,12 @@ def test_load_pairs_checks_image_files_when_asked(tmp_path):
         ({"training": [{"image": "./imagesTr/LUMIRMRI_0000_0000.nii.gz"}]}, None, "expected key 'validation'"),
         ({"test": [entry("0001", "0000")]}, ["validation"], "key 'validation' not found"),
         ({"validation": [entry("3455", "3454"), {"fixed": VAL.format("3456", "0000")}]}, None, "needs both"),
-        ({"validation": [entry("3455", "3454"), entry("3455", "3454")]}, None, "duplicate pair"),
+        ({"validation": []}, None, "'validation' is empty"),
+        (
+            {"validation": [{"fixed": VAL.format("3455", "0000"), "moving": "../LUMIRMRI_3454_0000.nii.gz"}]},
+            None,
+            "leaves the data root",
+        ),
         (
             {"validation": [{"fixed": "./imagesVal/brain.nii.gz", "moving": VAL.format("3454", "0000")}]},
             None,
@@ -86,7 +91,24 @@ def test_load_pairs_errors_are_one_line_naming_the_file(tmp_path, payload, keys,
     with pytest.raises(CaioInputError, match=problem) as err:
         io.load_pairs(path, tmp_path, keys=keys, check_files=False)
     message = str(err.value)
-    assert "\n" not in message and ("dataset.json" in message or "brain.nii.gz" in message)
+    assert "\n" not in message and "dataset.json" in message
+
+
+def test_load_pairs_keeps_a_repeated_pair_once_with_a_warning(tmp_path, caplog):
+    repeated = {"fixed": VAL.format("3455", "0000"), "moving": "imagesVal/LUMIRMRI_3454_0000.nii.gz"}
+    path = write_json(tmp_path / "d.json", {"validation": [entry("3455", "3454"), repeated, entry("3456", "3455")]})
+    pairs = io.load_pairs(path, tmp_path, check_files=False)
+    assert [p.key for p in pairs] == ["3455_0000<--3454_0000", "3456_0000<--3455_0000"]
+    assert sum("repeats the pair" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_json_paths_inside_root_and_absolute_paths_are_allowed(tmp_path):
+    root = tmp_path / "root"
+    assert io.resolve_data_path(root, "./imagesVal/../imagesVal/x.nii.gz") == root / "imagesVal" / "x.nii.gz"
+    assert io.resolve_data_path(root, "/data/elsewhere/x.nii.gz") == Path("/data/elsewhere/x.nii.gz")
+    for bad in ("../x.nii.gz", "imagesVal/../../x.nii.gz", ".."):
+        with pytest.raises(CaioInputError, match="leaves the data root"):
+            io.resolve_data_path(root, bad)
 
 
 # ------------------------------------------------------------------ output names
@@ -134,7 +156,8 @@ def test_read_volume_errors(tmp_path):
         (save(tmp_path / "small.nii.gz", np.zeros((4, 5, 6), np.float32)), r"shape \(4, 5, 6\), expected"),
         (save(tmp_path / "nan.nii.gz", np.full((4, 5, 6), np.nan, np.float32)), "NaN"),
         (tmp_path / "missing.nii.gz", "not found"),
-        (write_json(tmp_path / "text.nii.gz", "this is not an image"), "cannot read"),
+        (write_json(tmp_path / "text.nii.gz", "this is not an image"), "not gzip-compressed"),
+        (write_json(tmp_path / "text.nii", "this is not an image" * 30), "cannot read"),
         (save(tmp_path / "four.nii.gz", np.zeros((4, 5, 6, 2), np.float32)), "3-D"),
     ]
     for path, problem in cases:

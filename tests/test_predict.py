@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import _pipeline_doubles as doubles
+import pipeline_data as data
 import pytest
 
 from caio.cli.predict import detect_layout, main, parse_shard, prepare_cache_env, select_shard
@@ -115,9 +115,11 @@ def test_caches_move_to_tmp_when_home_is_not_writable(tmp_path):
     assert prepare_cache_env({"HOME": str(home)}) == {}
 
 
-def _cli(tmp_path, spec, *extra, monkeypatch, capsys, **double_kw):
-    doubles.install(monkeypatch, **double_kw)
-    json_path = doubles.make_dataset(tmp_path / "data", spec)
+SHAPE_ARGS = [str(n) for n in data.SHAPE]
+
+
+def _cli(tmp_path, spec, *extra, monkeypatch, capsys):
+    json_path = data.make_dataset(tmp_path / "data", spec)
     argv = [
         "--json",
         str(json_path),
@@ -126,12 +128,12 @@ def _cli(tmp_path, spec, *extra, monkeypatch, capsys, **double_kw):
         "--output",
         str(tmp_path / "out"),
         "--shape",
-        "32",
-        "32",
-        "32",
+        *SHAPE_ARGS,
         "--device",
         "cpu",
         "--no-progress",
+        "--budget-s",
+        "3",
         *extra,
     ]
     code = main(argv)
@@ -153,19 +155,18 @@ def test_predict_writes_valid_outputs_one_line_per_pair_and_report(tmp_path, mon
     assert code == 0
     lines = [line for line in cap.out.splitlines() if line.startswith("[")]
     assert len(lines) == 3
-    assert lines[0].startswith("[1/3] 0002_0000<--0001_0000 ok gate=0.900:same path=training-free+cascade steps=6 ")
+    assert lines[0].startswith("[1/3] 0002_0000<--0001_0000 ok gate=") and " path=gate+engine steps=" in lines[0]
     assert "peak=" in lines[0] and "-> disp_0002_0001.nii.gz" in lines[0]
     for name in ("disp_0002_0001", "disp_0003_0002", "disp_0001_0003"):
-        assert validate_displacement_file(tmp_path / "out" / f"{name}.nii.gz", (32, 32, 32)) is None
+        assert validate_displacement_file(tmp_path / "out" / f"{name}.nii.gz", data.SHAPE) is None
     report = json.loads((tmp_path / "rep/report.json").read_text())
     assert report["counts"]["ok"] == 3 and len(report["pairs"]) == 3 and report["exit_code"] == 0
     assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_predict_bad_pair_exit_nonzero_others_written(tmp_path, monkeypatch, capsys):
-    doubles.install(monkeypatch)
-    json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000")])
-    doubles.write_volume(
+    json_path = data.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000")])
+    data.write_volume(
         tmp_path / "data/imagesVal/LUMIRMRI_0003_0000.nii.gz", __import__("numpy").zeros((8, 8, 8), "float32")
     )
     code = main(
@@ -177,12 +178,12 @@ def test_predict_bad_pair_exit_nonzero_others_written(tmp_path, monkeypatch, cap
             "--output",
             str(tmp_path / "out"),
             "--shape",
-            "32",
-            "32",
-            "32",
+            *SHAPE_ARGS,
             "--device",
             "cpu",
             "--no-progress",
+            "--budget-s",
+            "3",
         ]
     )
     cap = capsys.readouterr()
@@ -205,9 +206,11 @@ def test_predict_shard_and_resume(tmp_path, monkeypatch, capsys):
             "--output",
             str(tmp_path / "out"),
             "--shape",
-            "32",
-            "32",
-            "32",
+            *SHAPE_ARGS,
+            "--device",
+            "cpu",
+            "--budget-s",
+            "3",
             "--no-progress",
             "--resume",
         ]
@@ -245,7 +248,7 @@ def test_predict_py_without_dataset_prints_one_line_and_exits_2(tmp_path):
 
 
 def test_predict_with_the_real_modules_on_tiny_volumes(tmp_path, capsys):
-    json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0003_0001")])
+    json_path = data.make_dataset(tmp_path / "data", [("0002_0000", "0003_0001")])
     code = main(
         [
             "--json",
@@ -255,33 +258,28 @@ def test_predict_with_the_real_modules_on_tiny_volumes(tmp_path, capsys):
             "--output",
             str(tmp_path / "out"),
             "--shape",
-            "32",
-            "32",
-            "32",
+            *SHAPE_ARGS,
             "--device",
             "cpu",
             "--no-progress",
             "--budget-s",
-            "20",
-            "--steps",
-            "1",
+            "4",
             "--weights",
             str(tmp_path / "no-weights"),
         ]
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert validate_displacement_file(tmp_path / "out" / "disp_0002_0003.nii.gz", (32, 32, 32)) is None
+    assert validate_displacement_file(tmp_path / "out" / "disp_0002_0003.nii.gz", data.SHAPE) is None
     line = next(line for line in out.splitlines() if line.startswith("[1/1]"))
-    assert " ok gate=" in line and "training-free" in line and "training-free:zero" not in line
+    assert " ok gate=" in line and ":cross" in line and "path=gate+engine " in line
 
 
 def test_predict_qc_writes_pictures_per_pair(tmp_path, monkeypatch, capsys):
-    doubles.install(monkeypatch, keep=("caio.qc",))
-    json_path = doubles.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000")])
-    labels = __import__("numpy").zeros((32, 32, 32), "uint8")
+    json_path = data.make_dataset(tmp_path / "data", [("0002_0000", "0001_0000")])
+    labels = __import__("numpy").zeros(data.SHAPE, "uint8")
     labels[8:24, 8:24, 8:24] = 3
-    doubles.write_volume(tmp_path / "data/labelsVal/LUMIRMRI_0002_0000.nii.gz", labels)
+    data.write_volume(tmp_path / "data/labelsVal/LUMIRMRI_0002_0000.nii.gz", labels)
     code = main(
         [
             "--json",
@@ -291,12 +289,12 @@ def test_predict_qc_writes_pictures_per_pair(tmp_path, monkeypatch, capsys):
             "--output",
             str(tmp_path / "out"),
             "--shape",
-            "32",
-            "32",
-            "32",
+            *SHAPE_ARGS,
             "--device",
             "cpu",
             "--no-progress",
+            "--budget-s",
+            "3",
             "--qc",
             str(tmp_path / "qc"),
         ]

@@ -15,6 +15,7 @@ from caio import spatial
 from caio.backbone.vfa import VFA, VFAConfig, load_vfa, predict_displacement, upsample_grid
 from caio.backbone.vfa_blocks import NEIGHBOUR_OFFSETS, neighbourhood_attention
 from caio.errors import CaioInputError
+from weights_recipe import recipe_state, write_deterministic_weights
 
 
 # ------------------------------------------------------------------------------ fixture helpers
@@ -23,23 +24,15 @@ def vfa_dir(fixtures_dir: Path) -> Path:
     return fixtures_dir / "vfa"
 
 
-def recipe_weights(manifest: dict) -> dict[str, torch.Tensor]:
-    """Deterministic float64 weights by the fixture recipe (fixtures README §0)."""
-    out = {}
-    for e in manifest["keys"]:
-        z = torch.randn(e["shape"], generator=torch.Generator().manual_seed(e["seed"]))
-        out[e["key"]] = e["offset"] + e["scale"] * z.to(torch.float64)
-    return out
-
-
 @pytest.fixture(scope="module")
 def manifest(vfa_dir: Path) -> dict:
     return json.loads((vfa_dir / "weights_manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def weights64(manifest: dict) -> dict[str, torch.Tensor]:
-    return recipe_weights(manifest)
+def weights64() -> dict[str, torch.Tensor]:
+    """Deterministic float64 weights by the fixture recipe (fixtures README §0)."""
+    return recipe_state("vfa")
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +53,15 @@ def run64(weights64, inputs) -> tuple[torch.Tensor, dict]:
 
 
 @pytest.fixture(scope="module")
-def model32(weights64) -> VFA:
-    model = VFA().eval()
-    model.load_state_dict({k: v.float() for k, v in weights64.items()}, strict=True)
-    return model
+def written(tmp_path_factory) -> dict[str, Path]:
+    """The recipe's weights saved as ``VFA_LUMIR24.pth`` (2024 layout) and ``VFA_LUMIR25.pth`` (2025 layout)."""
+    return write_deterministic_weights(tmp_path_factory.mktemp("weights"), brainid=False)
+
+
+@pytest.fixture(scope="module")
+def model32(written) -> VFA:
+    """The float32 model as the pipeline gets it: the written 2024 checkpoint through the real loader."""
+    return load_vfa(written["vfa_mono"], "cpu")
 
 
 def chanstats(feat: torch.Tensor) -> np.ndarray:
@@ -151,6 +149,7 @@ def disp32(model32, inputs) -> torch.Tensor:
 
 
 def test_float32_grid_and_warped_moving_match_official(disp32, inputs, vfa_dir):
+    """``model32`` comes from the written official-layout file: the recipe and the loader are right."""
     expected = np.load(vfa_dir / "expected_f32.npz")
     grid = disp32 + spatial.identity_grid((32, 64, 48))
     np.testing.assert_allclose(grid.numpy(), expected["grid"], rtol=0, atol=1e-3)
@@ -291,6 +290,32 @@ def test_load_vfa_takes_input_scale_from_the_weights_manifest(tmp_path, weights6
     }
     (tmp_path / "manifest.json").write_text(json.dumps({"weights": [entry]}))  # beside the file: wins
     assert load_vfa(path).config.input_scale == 0.5
+
+
+def test_written_checkpoints_have_the_official_layouts_and_the_same_weights(written, model32, weights64):
+    mono, multi = (torch.load(written[k], map_location="cpu", weights_only=True) for k in ("vfa_mono", "vfa_multi"))
+    assert written["vfa_mono"].name == "VFA_LUMIR24.pth" and written["vfa_multi"].name == "VFA_LUMIR25.pth"
+    assert set(mono) == {"epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict"}
+    assert set(multi) == {"epoch", "state_dict", "best_dsc", "optimizer"}
+    for state in (mono["model_state_dict"], multi["state_dict"]):
+        assert list(state) == list(weights64) and all(v.dtype == torch.float32 for v in state.values())
+    assert float(mono["model_state_dict"]["decoder.beta"]) == 2.0
+    model = load_vfa(written["vfa_multi"], "cpu")
+    assert model.config.input_scale == pytest.approx(1 / 255) and model32.config.input_scale == 1.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, model32.state_dict()[key]), key
+        torch.testing.assert_close(value, weights64[key].float(), rtol=0, atol=0)
+
+
+def test_unexpected_key_is_an_error_naming_the_key(tmp_path, weights64):
+    """VFA stays strict: an extra tensor means the file is not the network caio builds."""
+    state = _state32(weights64)
+    state["decoder.project.5.weight"] = torch.zeros(8, 16, 3, 3, 3)
+    path = tmp_path / "extra.pth"
+    torch.save({"model_state_dict": state}, path)
+    with pytest.raises(CaioInputError, match=r"extra\.pth.*unexpected key 'decoder\.project\.5\.weight'") as info:
+        load_vfa(path)
+    assert "\n" not in str(info.value)
 
 
 def test_truncated_checkpoint_is_a_one_line_input_error(tmp_path, weights64):

@@ -61,3 +61,11 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB -> MiB
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in PyTorch and in the engine's Numba kernels alike."""
+    import numba  # a hard dependency; imported here so that this module stays light
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

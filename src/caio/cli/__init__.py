@@ -18,6 +18,8 @@ from caio.errors import CaioInputError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("caio.cli.predict", "register every pair of a LUMIR dataset JSON"),
+    "register": ("caio.cli.register", "register one image pair of any shape/orientation (no JSON)"),
+    "warp": ("caio.cli.warp", "apply a displacement to an image or a label map"),
     "evaluate": ("caio.cli.evaluate", "Dice / HD95 / TRE / NDV of displacement files, as the official evaluator"),
     "synth": ("caio.cli.synth", "synthetic multi-contrast LUMIR-style data from label maps"),
     "qc": ("caio.cli.qc", "quality-control pictures of a registration"),

@@ -2,7 +2,8 @@
 
 * ``-o/--output``: where a command writes (``--out`` is kept as a hidden, deprecated alias).
 * ``--shape D0 D1 D2``: a grid (``D0xD1xD2`` in one word is still accepted, deprecated).
-* ``--device``: ``auto | cpu | cuda | cuda:N``; ``--threads``: torch CPU threads.
+* ``--device``: ``auto | cpu | cuda | cuda:N``; ``--threads``: CPU threads (torch and the engine's kernels).
+* ``--budget-s``: seconds allowed per pair.
 * :func:`examples`: the "Examples:" epilog of a command's ``--help``.
 """
 
@@ -13,8 +14,6 @@ import logging
 import os
 from collections.abc import Sequence
 from typing import Any
-
-import torch
 
 from caio.errors import CaioInputError
 
@@ -108,7 +107,36 @@ def add_threads(parser: argparse.ArgumentParser | Any) -> None:
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` if given."""
-    if getattr(args, "threads", None):
-        torch.set_num_threads(int(args.threads))
-        log.debug("torch threads: %d (of %d CPUs)", args.threads, os.cpu_count() or 0)
+    """Apply ``--threads`` if given (torch and the engine's Numba kernels).
+
+    Raises:
+        CaioInputError: a thread count below 1.
+    """
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise CaioInputError(f"--threads {threads}: must be at least 1")
+    from caio.device import set_cpu_threads  # imports numba; only when asked
+
+    set_cpu_threads(int(threads))
+    log.debug("CPU threads: %d (of %d CPUs)", threads, os.cpu_count() or 0)
+
+
+def add_budget(parser: argparse.ArgumentParser | Any, default: float | None = None, help: str = "") -> None:
+    """``--budget-s S`` (dest ``budget_s``): seconds allowed per pair (``None``: no limit)."""
+    parser.add_argument(
+        "--budget-s", dest="budget_s", type=float, default=default, metavar="S", help=help or "seconds allowed"
+    )
+
+
+def budget_of(args: argparse.Namespace) -> float | None:
+    """``args.budget_s`` checked: ``None`` or a positive number.
+
+    Raises:
+        CaioInputError: zero or negative.
+    """
+    budget = getattr(args, "budget_s", None)
+    if budget is not None and not float(budget) > 0:
+        raise CaioInputError(f"--budget-s {budget}: must be a positive number of seconds")
+    return budget

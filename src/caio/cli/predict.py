@@ -7,6 +7,9 @@ Environment defaults (flags win): ``CAIO_BUDGET_S``, ``CAIO_STEPS``, ``CAIO_DEVI
 ``CAIO_MODE``, ``CAIO_SHARD``, ``CAIO_WEIGHTS`` -- they let a container run with its
 argument-free CMD be tuned (e.g. a short budget for CI validation).
 
+SIGTERM / SIGINT (docker stop, Ctrl-C) remove the temporary file being written, print one line
+and exit 143 / 130; finished outputs stay, and ``--resume`` completes the rest.
+
 stdout gets one line per pair; logging and the tqdm bar (when stderr is a terminal) go to stderr. Exit status: 0 when
 every pair was registered, 1 when any pair was skipped/failed/degraded (the others are
 still written), 2 for a user error that stops the whole run (no dataset, bad flag value).
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,7 @@ import caio
 from caio.cli.options import add_device, add_output, add_shape, examples
 from caio.errors import CaioInputError
 from caio.io import LUMIR_SHAPE, load_pairs, write_json_atomic
+from caio.io.atomic import remove_live_temporaries
 from caio.pipeline import PipelineConfig
 from caio.pipeline import run as run_pipeline
 
@@ -202,6 +208,11 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         help="only pairs i with i mod N == K (0-based K; env CAIO_SHARD)",
     )
     parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="read, register and write one after the other (default: read and write in background threads)",
+    )
+    parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no tqdm bar (it is shown only when stderr is a terminal, e.g. docker run -t)",
@@ -220,12 +231,51 @@ def format_line(index: int, total: int, result) -> str:
     line = (
         f"[{index}/{total}] {result.pair.key} {result.status} {gate} path={result.path or '-'} "
         f"steps={'-' if result.steps is None else result.steps} {result.seconds:.1f}s "
+        f"io_wait={getattr(result, 'io_wait_s', 0.0):.1f}s "
         f"peak={result.peak_mem_mb:.0f}MB device={result.device or '-'} -> {names}"
     )
     return line + (f" | {result.message}" if result.message and result.status != "ok" else "")
 
 
+SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
+"""Exit status per signal: 128 + its number, as a shell reports it."""
+
+
+def _on_signal(signum: int, frame) -> None:
+    """Remove this process's temporary files, say so in one line, exit at once (threads included)."""
+    removed = remove_live_temporaries()
+    name = signal.Signals(signum).name
+    try:
+        sys.stdout.flush()
+        print(
+            f"caio predict: stopped by {name}; removed {len(removed)} temporary file(s); finished outputs are kept"
+            " (rerun with --resume to complete)",
+            file=sys.stderr,
+            flush=True,
+        )
+    finally:
+        os._exit(SIGNAL_EXIT[signum])
+
+
+class exit_cleanly_on_signals:
+    """Context manager: SIGTERM and SIGINT run :func:`_on_signal` (main thread only)."""
+
+    def __enter__(self) -> exit_cleanly_on_signals:
+        in_main = threading.current_thread() is threading.main_thread()
+        self._old = {s: signal.signal(s, _on_signal) for s in SIGNAL_EXIT} if in_main else {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
+    with exit_cleanly_on_signals():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     prepare_cache_env()  # before matplotlib is imported (by a QC picture)
     layout = detect_layout(json=args.json, input=args.input, output=args.output)
     pairs = load_pairs(layout.json, layout.input, keys=args.keys, check_files=False)
@@ -270,9 +320,20 @@ def run(args: argparse.Namespace) -> int:
             print(text)
         sys.stdout.flush()
 
+    def on_models_loaded(seconds: float) -> None:
+        print(f"caio predict: models loaded in {seconds:.1f} s (once, outside every pair's clock)", flush=True)
+
     with logging_redirect_tqdm():  # log lines do not tear the progress bar
         summary = run_pipeline(
-            pairs, layout.output, cfg, resume=args.resume, qc_dir=args.qc, on_result=on_result, progress=progress
+            pairs,
+            layout.output,
+            cfg,
+            resume=args.resume,
+            qc_dir=args.qc,
+            on_result=on_result,
+            progress=progress,
+            overlap=not args.no_overlap,
+            on_models_loaded=on_models_loaded,
         )
     if bar is not None:
         bar.close()

@@ -38,6 +38,7 @@ convolutions run under autocast (fp16 by default, ``BrainIDConfig.precision``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from caio.contrast.brainid_net import BrainID, SingleConv, load_brainid
 from caio.device import autocast
 
-__all__ = ["BrainID", "BrainIDConfig", "load_brainid", "run_network", "synthesize_t1", "tiled_image"]
+__all__ = ["BrainID", "BrainIDConfig", "BrainIDDeadlineError", "load_brainid", "run_network", "synthesize_t1", "tiled_image"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------
 # Exact tiled execution (GroupNorm statistics of the whole volume, 1-voxel conv halos)
 # ----------------------------------------------------------------------------------------
+
+
+class BrainIDDeadlineError(TimeoutError):
+    """The deadline passed between two tiles of :func:`tiled_image`; no image was produced."""
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise BrainIDDeadlineError("Brain-ID stopped at its deadline, between tiles")
 
 
 def _tiles(shape: Sequence[int], tile: Sequence[int]) -> Iterator[tuple[tuple[int, int], ...]]:
@@ -106,11 +116,14 @@ class _SkipAndUpsampled(_Stored):
         return torch.cat([super().read(box, device, dtype), low], dim=1)
 
 
-def _groupnorm_affine(gn: nn.GroupNorm, source: _Stored, tile, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _groupnorm_affine(
+    gn: nn.GroupNorm, source: _Stored, tile, device, deadline: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel ``(scale, shift)`` with ``gn(x) == scale * x + shift`` for the whole volume."""
     total = torch.zeros(source.channels, dtype=torch.float64, device=device)
     total_sq = torch.zeros_like(total)
     for box in _tiles(source.shape, tile):
+        _check_deadline(deadline)
         x = source.read(box, device, gn.weight.dtype).flatten(2)[0]  # per-tile sums, fp64 totals
         total += x.sum(1).double()
         total_sq += (x * x).sum(1).double()
@@ -126,14 +139,22 @@ def _groupnorm_affine(gn: nn.GroupNorm, source: _Stored, tile, device) -> tuple[
 
 
 def _tiled_single_conv(
-    unit: SingleConv, source: _Stored, tile, device, store, head: nn.Module | None = None, precision: str = "fp32"
+    unit: SingleConv,
+    source: _Stored,
+    tile,
+    device,
+    store,
+    head: nn.Module | None = None,
+    precision: str = "fp32",
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """``unit`` (then ``head``) over the whole volume of ``source``, tile by tile."""
-    scale, shift = _groupnorm_affine(unit.groupnorm, source, tile, device)
+    scale, shift = _groupnorm_affine(unit.groupnorm, source, tile, device, deadline)
     weight = unit.conv.weight.to(device)
     out_channels = 1 if head is not None else weight.shape[0]
     out = torch.empty((1, out_channels, *source.shape), device=store[0], dtype=store[1])
     for box in _tiles(source.shape, tile):
+        _check_deadline(deadline)
         halo = tuple((max(lo - 1, 0), min(hi + 1, n)) for (lo, hi), n in zip(box, source.shape))
         x = source.read(halo, device, weight.dtype) * scale + shift  # GroupNorm, then zero padding at the volume border
         pad = []
@@ -155,6 +176,7 @@ def tiled_image(
     tile: int | Sequence[int],
     precision: str = "fp32",
     storage: torch.dtype = torch.float32,
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """The T1 head output of ``model(x)``, computed layer by layer over tiles.
 
@@ -164,8 +186,11 @@ def tiled_image(
         precision: autocast mode of the convolutions (CUDA only; ``fp32`` = none).
         storage: dtype of the stored intermediate activations (``float16`` halves host/GPU
             memory at ~1e-3 relative error).
+        deadline: absolute ``time.monotonic()``; checked before every tile.
     Returns:
         ``[1, 1, X, Y, Z]`` in the model's dtype, equal to ``model(x)`` up to float rounding.
+    Raises:
+        BrainIDDeadlineError: the deadline passed before the last tile.
     """
     device = x.device
     tile = [int(tile)] * 3 if isinstance(tile, int) else [int(t) for t in tile]
@@ -176,19 +201,21 @@ def tiled_image(
         if level > 0:
             current = F.max_pool3d(skips[-1], 2)
         unit = encoder.basic_module
-        current = _tiled_single_conv(unit.SingleConv1, _Stored(current), tile, device, store, precision=precision)
-        current = _tiled_single_conv(unit.SingleConv2, _Stored(current), tile, device, store, precision=precision)
+        current = _tiled_single_conv(unit.SingleConv1, _Stored(current), tile, device, store, None, precision, deadline)
+        current = _tiled_single_conv(unit.SingleConv2, _Stored(current), tile, device, store, None, precision, deadline)
         skips.append(current)
     current = skips.pop()
     last = len(model.backbone.decoders) - 1
     for j, decoder in enumerate(model.backbone.decoders):
         unit = decoder.basic_module
         source = _SkipAndUpsampled(skips.pop(), current)
-        current = _tiled_single_conv(unit.SingleConv1, source, tile, device, store, precision=precision)
+        current = _tiled_single_conv(unit.SingleConv1, source, tile, device, store, None, precision, deadline)
         del source
         head = model.head if j == last else None
         out_store = (device, model.head.final_conv_image.weight.dtype) if head is not None else store
-        current = _tiled_single_conv(unit.SingleConv2, _Stored(current), tile, device, out_store, head, precision)
+        current = _tiled_single_conv(
+            unit.SingleConv2, _Stored(current), tile, device, out_store, head, precision, deadline
+        )
     return current
 
 
@@ -237,9 +264,18 @@ def _crop_pad_boxes(shape: Sequence[int], cfg: BrainIDConfig) -> list[tuple[int,
 
 
 def run_network(
-    model: BrainID, x: torch.Tensor, tile: int | Sequence[int] | None = None, config: BrainIDConfig = BrainIDConfig()
+    model: BrainID,
+    x: torch.Tensor,
+    tile: int | Sequence[int] | None = None,
+    config: BrainIDConfig = BrainIDConfig(),
+    deadline: float | None = None,
 ) -> torch.Tensor:
-    """T1 head output ``[1, 1, X, Y, Z]`` float32 of a normalised input, whole or tiled."""
+    """T1 head output ``[1, 1, X, Y, Z]`` float32 of a normalised input, whole or tiled.
+
+    ``deadline`` is checked before the pass (untiled) or before every tile (tiled); see
+    :class:`BrainIDDeadlineError`.
+    """
+    _check_deadline(deadline)
     device = x.device
     precision = ("fp16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
     if tile is None and device.type == "cpu" and x[0, 0].numel() > config.cpu_untiled_max_voxels:
@@ -247,7 +283,7 @@ def run_network(
         tile = config.cpu_tile
     with torch.no_grad():
         if tile is not None:
-            return tiled_image(model, x, tile, precision, config.storage).float()
+            return tiled_image(model, x, tile, precision, config.storage, deadline).float()
         with autocast(device, precision):
             return model(x).float()
 
@@ -257,6 +293,7 @@ def synthesize_t1(
     volume: torch.Tensor,
     tile: int | Sequence[int] | None = None,
     config: BrainIDConfig = BrainIDConfig(),
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """Synthetic T1 of any-contrast ``volume`` on exactly its grid.
 
@@ -265,6 +302,7 @@ def synthesize_t1(
         volume: ``[1, 1, D0, D1, D2]`` intensities in [0, 255], 0 = background.
         tile: ``None`` for one whole-volume pass (on CPU only up to
             ``config.cpu_untiled_max_voxels``), else the tile edge (see :func:`tiled_image`).
+        deadline: absolute ``time.monotonic()`` checked between tiles (:class:`BrainIDDeadlineError`).
     Returns:
         ``[1, 1, D0, D1, D2]`` float32 in [0, 255] on ``volume``'s device, 0 where ``volume <= 0``.
     """
@@ -285,7 +323,7 @@ def synthesize_t1(
     x = x[:, :, boxes[0][0] : boxes[0][1], boxes[1][0] : boxes[1][1], boxes[2][0] : boxes[2][1]]
     x = F.pad(x, [p for b in reversed(boxes) for p in b[2:]])
 
-    image = run_network(model, x.contiguous(), tile, config)
+    image = run_network(model, x.contiguous(), tile, config, deadline)
 
     n = image.shape[2:]
     image = image[

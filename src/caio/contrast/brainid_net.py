@@ -126,9 +126,14 @@ class BrainID(nn.Module):
 def load_brainid(path: str | os.PathLike, device: torch.device | str = "cpu") -> BrainID:
     """Build :class:`BrainID` from ``brain_id_pretrained.pth`` (fp32, eval mode, on ``device``).
 
+    As ``specs/brainid_spec.md`` §3 says: every one of the 56 expected tensors must be present
+    with its shape; tensors the network does not use (e.g. an unused ``head.final_conv_seg.*``
+    of a released checkpoint) are logged in one line and ignored.
+
     Raises:
-        CaioInputError: missing/truncated/corrupt file, no ``'model'`` entry, a missing,
-            extra or wrongly shaped tensor, or a pickled class other than ``argparse.Namespace``.
+        CaioInputError: missing/truncated/corrupt file, no ``'model'`` entry, a missing or
+            wrongly shaped tensor (the first missing keys are named), or a pickled class other
+            than ``argparse.Namespace``.
     """
     checkpoint = load_checkpoint(path, allowed_globals=[argparse.Namespace])
     if not isinstance(checkpoint.get(CHECKPOINT_KEY), dict):
@@ -138,6 +143,6 @@ def load_brainid(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         )
     state = extract_state_dict(checkpoint, path, keys=(CHECKPOINT_KEY,))
     model = BrainID()
-    load_into(model, {k: v.float() for k, v in state.items()}, path)
+    load_into(model, {k: v.float() for k, v in state.items()}, path, ignore_unexpected=True)
     log.debug("Brain-ID weights loaded from %s", path)
     return model.to(device).eval()

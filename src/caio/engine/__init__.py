@@ -3,7 +3,7 @@
 :func:`register` is the tensor-level entry point (also ``caio.register``); see :mod:`caio.engine.api`.
 """
 
-from caio.engine.api import EngineConfig, EngineTrace, LevelTrace, register
+from caio.engine.api import EngineConfig, EngineTrace, LevelTrace, register, warm_up
 from caio.engine.optimizer import LevelSettings
 
-__all__ = ["EngineConfig", "EngineTrace", "LevelSettings", "LevelTrace", "register"]
+__all__ = ["EngineConfig", "EngineTrace", "LevelSettings", "LevelTrace", "register", "warm_up"]

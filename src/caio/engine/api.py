@@ -48,6 +48,8 @@ class EngineConfig:
         radius: LNCC window half-width in voxels of each level (2 -> 5^3 window).
         eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]).
         level: step and smoothing of every level (:class:`LevelSettings`).
+        steps: largest update per iteration for each level (voxels of that level), overriding
+            ``level.step``; ``None`` uses ``level.step`` everywhere.
         mind_factors: levels used for cross-contrast (MIND-SSC) registration; the finest
             level of ``factors`` is usually too costly for 12-channel features on a CPU.
         mind_iterations: iterations per ``mind_factors`` level.
@@ -57,6 +59,9 @@ class EngineConfig:
             the first level before anything has been measured.
         crop_margin: register inside the bounding box of the non-zero voxels of either image,
             grown by this many voxels (``-1``: the whole grid).
+        warped_gradient: on the CPU, take the image gradient of the warped image (central
+            differences, as the PyTorch path) instead of the moving image's gradient at the
+            warped point.
         cpu_kernels: on the CPU, use the fused Numba kernels (:mod:`caio.engine.cpu_kernels`);
             ``False`` runs the PyTorch path there too.
     """
@@ -66,6 +71,7 @@ class EngineConfig:
     radius: int = 2
     eps: float = 1e-3
     level: LevelSettings = field(default_factory=LevelSettings)
+    steps: tuple[float, ...] | None = None
     mind_factors: tuple[int, ...] = (4, 2)
     mind_iterations: tuple[int, ...] = (100, 50)
     mind_radius: int = 1
@@ -73,6 +79,7 @@ class EngineConfig:
     min_iterations: int = 3
     prior_seconds_per_voxel: float = 2e-7
     crop_margin: int = 8
+    warped_gradient: bool = False
     cpu_kernels: bool = True
 
     def __post_init__(self) -> None:
@@ -194,6 +201,21 @@ def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tenso
     return "mind" if decide(fixed, moving, GateConfig()).cross_contrast else "lncc"
 
 
+def warm_up() -> float:
+    """Load (or compile, on a machine's first run) the CPU kernels by registering a tiny pair.
+
+    Returns:
+        Seconds spent, so that callers can report it as one-off loading time.
+    """
+    start = time.monotonic()
+    image = torch.zeros((1, 1, 12, 12, 12))
+    image[..., 3:9, 3:9, 3:9] = 1.0
+    config = EngineConfig(factors=(1,), iterations=(1,), mind_factors=(1,), mind_iterations=(1,), crop_margin=-1)
+    for kind in ("lncc", "mind"):
+        register(image, image, similarity=kind, device="cpu", config=config)
+    return time.monotonic() - start
+
+
 def register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -230,7 +252,10 @@ def register(
     fixed = _scale_intensity(fixed.to(device, torch.float32))
     moving = _scale_intensity(moving.to(device, torch.float32))
     kind = resolve_similarity(similarity, fixed, moving)
-    box = foreground_box(fixed, moving, cfg.crop_margin) if cfg.crop_margin >= 0 else (slice(None),) * 3
+    if cfg.crop_margin >= 0:
+        box = foreground_box(fixed, moving, cfg.crop_margin)
+    else:
+        box = (slice(0, full_shape[0]), slice(0, full_shape[1]), slice(0, full_shape[2]))
     fixed, moving = fixed[(..., *box)].contiguous(), moving[(..., *box)].contiguous()
     if init is not None:
         init = init[(..., *box)]
@@ -242,7 +267,7 @@ def register(
     voxels = [int(torch.Size(s).numel()) for s in shapes]
     feature_cost = 12.0 if kind == "mind" else 1.0  # MIND: 12 channels to warp and differentiate
     if device.type == "cpu" and cfg.cpu_kernels:
-        kernels = NumbaKernels(kind, cfg.radius, cfg.eps)
+        kernels = NumbaKernels(kind, cfg.radius, cfg.eps, cfg.warped_gradient)
     elif kind == "mind":
         kernels = TorchKernels(ssd_and_gradient)
     else:
@@ -268,7 +293,8 @@ def register(
             m_img = mind_ssc(m_img, radius=cfg.mind_radius, dilation=cfg.mind_dilation)
         reserve = sum(n * cost.iteration_seconds(v) for n, v in zip(plan[1:], voxels[index + 1 :]))
         level_deadline = None if deadline is None else deadline - reserve
-        result = optimise_level(f_img, m_img, current, kernels, plan[0], cfg.level, level_deadline)
+        settings = cfg.level if cfg.steps is None else dataclasses.replace(cfg.level, step=cfg.steps[index])
+        result = optimise_level(f_img, m_img, current, kernels, plan[0], settings, level_deadline)
         cost.update(result.seconds, result.iterations + 1, voxels[index])
         disp = result.displacement
         trace.levels.append(

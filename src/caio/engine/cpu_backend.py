@@ -32,10 +32,11 @@ class NumbaKernels:
         eps: LNCC flat-window regulariser.
     """
 
-    def __init__(self, similarity: str, radius: int = 2, eps: float = 1e-3) -> None:
+    def __init__(self, similarity: str, radius: int = 2, eps: float = 1e-3, warped_gradient: bool = False) -> None:
         if similarity not in ("lncc", "lncc2", "mind"):
             raise ValueError(f"unknown similarity '{similarity}'")
-        self.kind, self.radius, self.eps = similarity, radius, eps
+        self.kind, self.radius, self.eps, self.warped_gradient = similarity, radius, eps, warped_gradient
+        self.work = cpu_kernels.Workspace()
 
     def similarity_field(
         self, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
@@ -43,10 +44,17 @@ class NumbaKernels:
         """Similarity of ``moving`` warped by ``disp`` and its ascent direction ``[1, 3, ...]``."""
         if self.kind in ("lncc", "lncc2"):
             sim, field = cpu_kernels.lncc_displacement_gradient(
-                _array(fixed)[0], _array(moving)[0], _array(disp), self.radius, self.eps, self.kind == "lncc2"
+                _array(fixed)[0],
+                _array(moving)[0],
+                _array(disp),
+                self.radius,
+                self.eps,
+                self.kind == "lncc2",
+                self.warped_gradient,
+                self.work,
             )
         else:
-            sim, field = cpu_kernels.ssd_displacement_gradient(_array(fixed), _array(moving), _array(disp))
+            sim, field = cpu_kernels.ssd_displacement_gradient(_array(fixed), _array(moving), _array(disp), self.work)
         return sim, _tensor(field)
 
     def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
@@ -54,16 +62,20 @@ class NumbaKernels:
         operations (whose thread pool would compete with Numba's on a small CPU)."""
         g = _array(gradient)
         if settings.sigma_update > 0:
-            g = cpu_kernels.separable_filter(g, _gaussian(settings.sigma_update), replicate=True)
+            g = cpu_kernels.separable_filter(
+                g, _gaussian(settings.sigma_update), True, self.work.get("update", g.shape), self.work
+            )
         cpu_kernels.scale_to_max_norm(g, settings.step)
         u = _array(disp)
+        smooth = settings.sigma_field > 0
+        # the returned field must be a fresh array (the optimiser may keep it as the best one)
+        out = self.work.get("composed", u.shape) if smooth else np.empty_like(u)
         if settings.compose:
-            out = np.empty_like(u)
             cpu_kernels.compose_fields(u, g, out)
         else:
-            out = u + g
-        if settings.sigma_field > 0:
-            out = cpu_kernels.separable_filter(out, _gaussian(settings.sigma_field), replicate=True)
+            np.add(u, g, out=out)
+        if smooth:
+            out = cpu_kernels.separable_filter(out, _gaussian(settings.sigma_field), True, work=self.work)
         return _tensor(out)
 
 

@@ -78,6 +78,24 @@ def warp_with_gradient(moving, disp, warped, gradient):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
+def central_gradient(image, gradient):
+    """Central differences of ``image`` ``(D0, D1, D2)`` along each axis (one-sided at the
+    border) into ``gradient`` ``(3, D0, D1, D2)``, as :func:`caio.engine.optimizer.spatial_gradient`."""
+    n0, n1, n2 = image.shape
+    for i in prange(n0):
+        ia, ib = max(i - 1, 0), min(i + 1, n0 - 1)
+        hi = 1.0 / max(ib - ia, 1)
+        for j in range(n1):
+            ja, jb = max(j - 1, 0), min(j + 1, n1 - 1)
+            hj = 1.0 / max(jb - ja, 1)
+            for k in range(n2):
+                ka, kb = max(k - 1, 0), min(k + 1, n2 - 1)
+                gradient[0, i, j, k] = (image[ib, j, k] - image[ia, j, k]) * hi
+                gradient[1, i, j, k] = (image[i, jb, k] - image[i, ja, k]) * hj
+                gradient[2, i, j, k] = (image[i, j, kb] - image[i, j, ka]) / max(kb - ka, 1)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
 def compose_fields(u, v, out):
     """``out = v + u(x + v(x))`` (trilinear, border clamp): :func:`caio.spatial.compose`.
 
@@ -165,15 +183,33 @@ def _filter_axis2(src, dst, weights, replicate):
                         dst[c, i, j, k] += w * row[k + t]
 
 
-def separable_filter(x: np.ndarray, weights: np.ndarray, replicate: bool) -> np.ndarray:
+class Workspace:
+    """Scratch arrays reused across iterations (fresh full-size allocations cost page faults)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of ``shape`` owned by the workspace under ``name`` (contents undefined)."""
+        array = self._arrays.get(name)
+        if array is None or array.shape != shape:
+            array = np.empty(shape, np.float32)
+            self._arrays[name] = array
+        return array
+
+
+def separable_filter(
+    x: np.ndarray, weights: np.ndarray, replicate: bool, out: np.ndarray | None = None, work: Workspace | None = None
+) -> np.ndarray:
     """Apply the odd-length 1-D kernel ``weights`` along each spatial axis of ``(C, D0, D1, D2)``.
 
     ``replicate=True`` extends edge values (Gaussian smoothing, as :func:`caio.spatial.gaussian_blur`);
     ``False`` treats the outside as zero (box sums, as :func:`caio.engine.similarity.box_sum`).
+    ``out`` (not ``x``) receives the result; ``work`` supplies the scratch array.
     """
     weights = np.ascontiguousarray(weights, dtype=np.float32)
-    a = np.empty_like(x)
-    b = np.empty_like(x)
+    a = np.empty_like(x) if out is None else out
+    b = np.empty_like(x) if work is None else work.get(f"filter{x.shape[0]}", x.shape)
     _filter_axis0(x, a, weights, replicate)
     _filter_axis1(a, b, weights, replicate)
     _filter_axis2(b, a, weights, replicate)
@@ -275,7 +311,14 @@ def _lncc_field(fixed, warped, gradient, terms, scale, out):
 
 
 def lncc_displacement_gradient(
-    fixed: np.ndarray, moving: np.ndarray, disp: np.ndarray, radius: int, eps: float, squared: bool = False
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    disp: np.ndarray,
+    radius: int,
+    eps: float,
+    squared: bool = False,
+    warped_gradient: bool = False,
+    work: Workspace | None = None,
 ) -> tuple[float, np.ndarray]:
     """Mean LNCC (or squared LNCC) of ``fixed`` and ``moving`` warped by ``disp``, and its
     gradient as a field.
@@ -288,18 +331,20 @@ def lncc_displacement_gradient(
         gradient of the moving image at the warped point (ascent direction).
     """
     shape = fixed.shape
-    warped = np.empty((1, *shape), np.float32)
-    grad = np.empty((1, 3, *shape), np.float32)
+    work = work or Workspace()
+    warped = work.get("warped", (1, *shape))
+    grad = work.get("gradient", (1, 3, *shape))
     warp_with_gradient(moving[None], disp, warped, grad)
-    products = np.empty((5, *shape), np.float32)
+    if warped_gradient:  # gradient of the warped image itself (includes the field's Jacobian)
+        central_gradient(warped[0], grad[0])
+    products = work.get("products", (5, *shape))
     _lncc_products(fixed, warped[0], products)
     ones = np.ones(2 * radius + 1, np.float32)
-    stats = separable_filter(products, ones, replicate=False)
+    stats = separable_filter(products, ones, False, work.get("stats", (5, *shape)), work)
     n = float((2 * radius + 1) ** 3)
-    terms = products[:4]  # reuse memory
+    terms = work.get("terms", (4, *shape))
     total = _lncc_terms(stats, n, (n * eps) ** 2, squared, terms)
-    del stats
-    boxed = separable_filter(np.ascontiguousarray(terms), ones, replicate=False)
+    boxed = separable_filter(terms, ones, False, work.get("boxed", (4, *shape)), work)
     count = float(fixed.size)
     out = np.empty((3, *shape), np.float32)
     _lncc_field(fixed, warped[0], grad, boxed, 1.0 / count, out)
@@ -330,7 +375,9 @@ def _ssd_field(fixed, warped, gradient, out):
     return partial.sum()
 
 
-def ssd_displacement_gradient(fixed: np.ndarray, moving: np.ndarray, disp: np.ndarray) -> tuple[float, np.ndarray]:
+def ssd_displacement_gradient(
+    fixed: np.ndarray, moving: np.ndarray, disp: np.ndarray, work: Workspace | None = None
+) -> tuple[float, np.ndarray]:
     """``-mean(sum_c (F_c - W_c)^2)`` of feature maps and its gradient as a field.
 
     Args:
@@ -340,8 +387,9 @@ def ssd_displacement_gradient(fixed: np.ndarray, moving: np.ndarray, disp: np.nd
         ``(similarity, field)`` as :func:`lncc_displacement_gradient`.
     """
     shape = fixed.shape[1:]
-    warped = np.empty_like(moving)
-    grad = np.empty((moving.shape[0], 3, *shape), np.float32)
+    work = work or Workspace()
+    warped = work.get("warped", moving.shape)
+    grad = work.get("gradient", (moving.shape[0], 3, *shape))
     warp_with_gradient(moving, disp, warped, grad)
     out = np.empty((3, *shape), np.float32)
     total = _ssd_field(fixed, warped, grad, out)

@@ -8,6 +8,7 @@ from caio.io.atomic import replace_atomically, write_json_atomic, write_nifti_at
 from caio.io.dataset import (
     LUMIR_SHAPE,
     Pair,
+    check_input_file,
     evaluated_output_name,
     load_pairs,
     output_names,
@@ -15,15 +16,26 @@ from caio.io.dataset import (
     resolve_data_path,
 )
 from caio.io.volumes import (
+    MAX_ABS_INTENSITY,
     conform_to_shape,
+    image_data,
+    load_image,
     read_displacement,
     read_volume,
+    resample_to_grid,
+    same_grid,
     validate_displacement_file,
     write_displacement,
 )
 
 __all__ = [
     "LUMIR_SHAPE",
+    "MAX_ABS_INTENSITY",
+    "check_input_file",
+    "image_data",
+    "load_image",
+    "resample_to_grid",
+    "same_grid",
     "Pair",
     "conform_to_shape",
     "evaluated_output_name",

@@ -1,19 +1,36 @@
-"""LUMIR dataset interface: the dataset JSON, pair naming and output file names.
+"""LUMIR dataset interface: the dataset JSON, pair naming, output file names, input-file checks.
 
 Every problem with a user's file raises :class:`caio.errors.CaioInputError` whose message is
 one line naming the file and the problem.
+
+Decisions on the dataset JSON (README "Bad inputs"):
+
+* A problem with the JSON itself (not found, malformed, no pair list, an empty pair list, an
+  entry without ``fixed``/``moving``, a file name without LUMIR IDs, a relative path that
+  climbs out of the data root) stops the run before any computation (exit 2): the file
+  must be fixed, and nothing has been computed yet.
+* The same pair listed twice is registered once, with a warning (its output would be identical).
+* Relative paths are resolved against the data root and must stay inside it (``../x.nii.gz``
+  that leaves the root is refused; ``..`` inside the root is fine). Absolute paths are taken as
+  they are: writing one is an explicit choice of file. Symbolic links are not resolved for the check.
+* An image file that cannot be used (:func:`check_input_file`) skips only its pair in ``predict``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from caio.errors import CaioInputError
+
+log = logging.getLogger(__name__)
 
 LUMIR_SHAPE: tuple[int, int, int] = (160, 224, 192)
 """Spatial shape of every LUMIR volume (array axes 0, 1, 2)."""
@@ -93,10 +110,65 @@ def evaluated_output_name(pair: Pair) -> str:
 
 
 def resolve_data_path(root: Path, relative: str) -> Path:
-    """Join a JSON path such as ``./imagesVal/x.nii.gz`` to the data root."""
-    rel = relative[2:] if relative.startswith("./") else relative
-    path = Path(rel)
-    return path if path.is_absolute() else Path(root) / path
+    """Join a JSON path such as ``./imagesVal/x.nii.gz`` to the data root.
+
+    Absolute paths are returned unchanged. A relative path must stay inside ``root`` once
+    ``.`` and ``..`` are folded (lexically: symbolic links inside the root may point anywhere).
+
+    Raises:
+        CaioInputError: a relative path that leaves the data root (``../x.nii.gz``), or an empty path.
+    """
+    if not relative.strip():
+        raise CaioInputError(f"{root}: empty image path in the dataset JSON")
+    path = Path(relative)
+    if path.is_absolute():
+        return path
+    folded = os.path.normpath(relative)
+    if folded == ".." or folded.startswith(".." + os.sep):
+        raise CaioInputError(
+            f"{relative}: path leaves the data root {root} (relative paths must stay inside it; "
+            f"write an absolute path to use a file elsewhere)"
+        )
+    return Path(root) / folded
+
+
+def check_input_file(path: str | os.PathLike, what: str = "image") -> Path:
+    """Make sure ``path`` is a non-empty regular file that can be opened, without blocking.
+
+    Checked before any reader touches the file: a FIFO or a device would block or never end.
+
+    Raises:
+        CaioInputError: one line naming ``path`` and the problem (not found, a folder, a symlink
+            loop, a parent that is a file, not a regular file, empty, permission denied, read error).
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        reasons = {
+            errno.ENOENT: f"{what} file not found",
+            errno.ELOOP: "symbolic link loop (the link never reaches a file)",
+            errno.ENOTDIR: "a folder in the path is a file",
+            errno.EACCES: "permission denied",
+            errno.ENAMETOOLONG: "file name too long",
+        }
+        raise CaioInputError(f"{path}: {reasons.get(err.errno, err.strerror or str(err))}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise CaioInputError(f"{path}: is a folder, expected {_a(what)} file")
+    if not stat.S_ISREG(info.st_mode):
+        raise CaioInputError(f"{path}: not a regular file (a FIFO, socket or device), expected {_a(what)} file")
+    if info.st_size == 0:
+        raise CaioInputError(f"{path}: empty file (0 bytes)")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise CaioInputError(f"{path}: cannot read ({err.strerror or err})") from None
+    return path
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 def load_pairs(
@@ -114,24 +186,27 @@ def load_pairs(
 
     Raises:
         CaioInputError: missing or malformed JSON, a requested key that is absent, an entry
-            without ``fixed``/``moving``, a duplicate pair, no pair at all, a missing image
-            file (when ``check_files``) or a file name without LUMIR IDs.
+            without ``fixed``/``moving``, no pair at all (or an empty list), a relative path
+            leaving the data root, an unusable image file (when ``check_files``) or a file name
+            without LUMIR IDs. A pair listed twice is kept once, with a warning.
     """
     json_path = Path(json_path)
-    if not json_path.is_file():
-        raise CaioInputError(f"{json_path}: dataset JSON not found")
+    check_input_file(json_path, "dataset JSON")
     try:
         data = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CaioInputError(f"{json_path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise CaioInputError(f"{json_path}: top level must be an object with a 'validation' list")
     if keys is None:
         keys = [k for k, v in data.items() if _is_pair_list(v)]
         if not keys:
+            empty = [k for k, v in data.items() if isinstance(v, list) and not v and k not in ("training",)]
+            if empty:
+                raise CaioInputError(f"{json_path}: the pair list '{empty[0]}' is empty (no pair to register)")
             raise CaioInputError(f"{json_path}: no list of {{'fixed', 'moving'}} entries (expected key 'validation')")
     pairs: list[Pair] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[Path, Path]] = set()
     for key in keys:
         if key not in data:
             raise CaioInputError(f"{json_path}: key '{key}' not found (keys: {', '.join(map(str, data))})")
@@ -140,12 +215,30 @@ def load_pairs(
             raise CaioInputError(f"{json_path}: '{key}' must be a list")
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or not {"fixed", "moving"} <= set(entry):
-                raise CaioInputError(f"{json_path}: entry {i} of '{key}' needs both 'fixed' and 'moving'")
-            fixed_rel, moving_rel = str(entry["fixed"]), str(entry["moving"])
-            if (fixed_rel, moving_rel) in seen:
-                raise CaioInputError(f"{json_path}: duplicate pair fixed={fixed_rel} moving={moving_rel}")
-            seen.add((fixed_rel, moving_rel))
-            pairs.append(_make_pair(Path(data_root), fixed_rel, moving_rel, check_files))
+                missing = (
+                    "an object"
+                    if not isinstance(entry, dict)
+                    else "'" + "', '".join(k for k in ("fixed", "moving") if k not in entry) + "'"
+                )
+                raise CaioInputError(
+                    f"{json_path}: entry {i} of '{key}' needs both 'fixed' and 'moving' (missing {missing})"
+                )
+            try:
+                pair = _make_pair(Path(data_root), str(entry["fixed"]), str(entry["moving"]), check_files)
+            except CaioInputError as err:
+                raise CaioInputError(f"{json_path}: entry {i} of '{key}': {err}") from None
+            if (pair.fixed, pair.moving) in seen:
+                log.warning(
+                    "%s: entry %d of '%s' repeats the pair fixed=%s moving=%s; registered once",
+                    json_path,
+                    i,
+                    key,
+                    pair.fixed_rel,
+                    pair.moving_rel,
+                )
+                continue
+            seen.add((pair.fixed, pair.moving))
+            pairs.append(pair)
     if not pairs:
         raise CaioInputError(f"{json_path}: the pair list is empty")
     return pairs
@@ -161,10 +254,9 @@ def _is_pair_list(value: object) -> bool:
 
 def _make_pair(root: Path, fixed_rel: str, moving_rel: str, check_files: bool) -> Pair:
     fixed, moving = resolve_data_path(root, fixed_rel), resolve_data_path(root, moving_rel)
-    if check_files:
-        for path in (fixed, moving):
-            if not path.is_file():
-                raise CaioInputError(f"{path}: image file not found")
     fixed_id, fixed_mod = parse_lumir_name(fixed_rel)
     moving_id, moving_mod = parse_lumir_name(moving_rel)
+    if check_files:
+        for path in (fixed, moving):
+            check_input_file(path)
     return Pair(fixed, moving, fixed_id, moving_id, fixed_mod, moving_mod, fixed_rel, moving_rel)

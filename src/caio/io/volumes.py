@@ -8,50 +8,162 @@ affine, as the organizers write it; in memory caio uses channel-first ``(3, D0, 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from scipy.ndimage import zoom
 
+from caio import spatial
 from caio.errors import CaioInputError
 from caio.io.atomic import write_nifti_atomic
-from caio.io.dataset import LUMIR_SHAPE
+from caio.io.dataset import LUMIR_SHAPE, check_input_file
 from caio.spatial import grid_scale
+
+log = logging.getLogger(__name__)
+
+MAX_ABS_INTENSITY = 1e6
+"""Largest accepted ``|intensity|``: LUMIR images are in [0, 255], raw MRI/CT stay far below;
+larger values (e.g. 1e30) overflow the squared terms of the similarity in float32."""
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI (``.nii``, ``.nii.gz``) or MGH (``.mgz``) file; its header only, data stay on disk.
+
+    Raises:
+        CaioInputError: the file is unusable (:func:`caio.io.dataset.check_input_file`) or is not
+            an image nibabel can read (garbage bytes, a ``.gz`` name on uncompressed data ...).
+    """
+    path = check_input_file(path, what)
+    try:
+        return nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for broken files
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if path.name.endswith((".gz", ".mgz")) and head != GZIP_MAGIC:
+            raise CaioInputError(
+                f"{path}: not gzip-compressed although the name says so (not a NIfTI/MGH file?)"
+            ) from None
+        raise CaioInputError(f"{path}: cannot read as NIfTI/MGH ({_one_line(err)})") from None
+
+
+def image_data(img: nib.spatialimages.SpatialImage, path: str | os.PathLike, keep_dtype: bool = False) -> np.ndarray:
+    """The voxel array of ``img``, checked: numeric, 3-D, finite, ``|value| <= MAX_ABS_INTENSITY``.
+
+    Integer and float64 data are accepted and converted to float32 (``keep_dtype=False``);
+    trailing axes of size 1 (a 4-D image with one channel) are dropped.
+
+    Returns:
+        ``(D0, D1, D2)`` float32 (or the file's dtype with ``keep_dtype``), in file order.
+    Raises:
+        CaioInputError: truncated/corrupt data, a 2-D or 4-D/5-D image, a non-numeric dtype,
+            NaN/Inf, or values beyond :data:`MAX_ABS_INTENSITY`.
+    """
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise CaioInputError(f"{path}: truncated or corrupt image data ({_one_line(err)})") from None
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise CaioInputError(f"{path}: data type {data.dtype} is not supported (expected integers or floats)")
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3 or min(data.shape) < 2:
+        kind = "a 2-D image" if data.ndim < 3 or min(data.shape) < 2 else f"a {data.ndim}-D image"
+        raise CaioInputError(f"{path}: {kind} of shape {data.shape}, expected one 3-D volume")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise CaioInputError(f"{path}: contains NaN or infinite values")
+    peak = float(np.abs(data).max(initial=0).astype(np.float64))
+    if peak > MAX_ABS_INTENSITY:
+        raise CaioInputError(
+            f"{path}: intensity {peak:.3g} beyond {MAX_ABS_INTENSITY:.0e} (rescale the image, e.g. to [0, 255])"
+        )
+    return data if keep_dtype else np.asarray(data, dtype=np.float32)
 
 
 def read_volume(path: str | os.PathLike, expected_shape: Sequence[int] | None = LUMIR_SHAPE) -> np.ndarray:
-    """Read a 3-D image as float32, checking shape and values.
+    """Read a 3-D image as float32, checking the file, its shape and its values.
 
     The array is used in file order (no reorientation): LUMIR volumes are already on a
-    common grid. A volume of another shape is an error, never silently resampled; use
-    :func:`caio.io.conform_to_shape` explicitly (``--resample`` on the CLI) to accept it.
+    common grid, and the evaluator works in array-index space. A volume of another shape is
+    an error, never silently resampled; use :func:`caio.io.conform_to_shape` explicitly
+    (``--resample`` on the CLI) or :func:`resample_to_grid` (``caio register``) to accept it.
 
     Raises:
-        CaioInputError: unreadable file, not 3-D, wrong shape, or non-finite values.
+        CaioInputError: see :func:`load_image` and :func:`image_data`; a wrong shape.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CaioInputError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as err:  # nibabel raises many types for broken files
-        raise CaioInputError(f"{path}: cannot read as NIfTI/MGH ({type(err).__name__}: {err})") from None
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise CaioInputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    data = image_data(load_image(path), path)
     if expected_shape is not None and tuple(data.shape) != tuple(expected_shape):
         raise CaioInputError(
             f"{path}: shape {tuple(data.shape)}, expected {tuple(expected_shape)} "
             f"(LUMIR grid; pass --resample to resample it)"
         )
-    if not np.isfinite(data).all():
-        raise CaioInputError(f"{path}: contains NaN or infinite values")
     return data
+
+
+def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int], affine_b: np.ndarray) -> bool:
+    """Whether two images share a voxel grid: same shape and affines equal to 1e-4 mm."""
+    return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-4)
+
+
+def moving_voxel_coordinates(
+    fixed_shape: Sequence[int], fixed_affine: np.ndarray, moving_affine: np.ndarray, disp: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Voxel coordinates in the moving image of every fixed voxel ``x`` (after ``x + disp(x)``).
+
+    The voxel-to-voxel map is ``inv(moving_affine) @ fixed_affine`` (both NIfTI voxel-to-world
+    affines), so any orientation, voxel size or field of view is handled.
+
+    Args:
+        disp: ``[1, 3, D0, D1, D2]`` displacement in fixed voxels (``None``: zero).
+    Returns:
+        ``[1, 3, D0, D1, D2]`` float64 absolute moving-voxel coordinates (:func:`caio.spatial.sample`'s ``grid``).
+    """
+    grid = spatial.identity_grid(fixed_shape, dtype=torch.float64)
+    if disp is not None:
+        grid = grid + disp.to(torch.float64)
+    vox = np.linalg.inv(np.asarray(moving_affine, np.float64)) @ np.asarray(fixed_affine, np.float64)
+    if np.allclose(vox, np.eye(4), atol=1e-6):
+        return grid
+    rotation, shift = torch.from_numpy(vox[:3, :3]), torch.from_numpy(vox[:3, 3])
+    return torch.einsum("ij,bjxyz->bixyz", rotation, grid) + shift.view(1, 3, 1, 1, 1)
+
+
+def resample_to_grid(
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    fixed_shape: Sequence[int],
+    fixed_affine: np.ndarray,
+    disp: torch.Tensor | None = None,
+    nearest: bool = False,
+) -> np.ndarray:
+    """Sample ``moving`` on the fixed voxel grid in world coordinates, optionally through ``disp``.
+
+    ``out(x) = moving(V (x + disp(x)))`` with ``V = inv(moving_affine) @ fixed_affine``: one
+    interpolation, however different the grids are. Outside the moving field of view the value is 0.
+
+    Args:
+        moving: ``(M0, M1, M2)`` image or label map.
+        disp: ``[1, 3, D0, D1, D2]`` displacement in fixed voxels (``None``: plain resampling).
+        nearest: nearest neighbour exactly as the evaluator warps labels; keeps ``moving``'s dtype.
+    Returns:
+        ``(D0, D1, D2)``: float32 (trilinear) or ``moving.dtype`` (nearest).
+    """
+    coords = moving_voxel_coordinates(fixed_shape, fixed_affine, moving_affine, disp)
+    if nearest:
+        offset = coords[0] - spatial.identity_grid(fixed_shape, dtype=torch.float64)[0]
+        return spatial.warp_labels_nearest(np.asarray(moving), offset.numpy())
+    image = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))[None, None]
+    return spatial.sample(image, coords.float(), padding_mode="zeros")[0, 0].numpy()
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def conform_to_shape(volume: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
@@ -64,11 +176,13 @@ def conform_to_shape(volume: np.ndarray, shape: Sequence[int], order: int = 1) -
     return out[tuple(slice(0, n) for n in shape)].astype(volume.dtype, copy=False)
 
 
-def write_displacement(path: str | os.PathLike, disp: np.ndarray) -> Path:
+def write_displacement(path: str | os.PathLike, disp: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """Write a displacement as the organizers do: float32, ``(D0, D1, D2, 3)``, identity affine.
 
     Args:
         disp: ``(3, D0, D1, D2)`` channel-first displacement in voxels (caio's in-memory layout).
+        affine: header affine (``None``: identity, the LUMIR convention; ``caio register``
+            passes the fixed image's, so viewers overlay the field on the fixed image).
     Raises:
         ValueError: wrong layout or non-finite values (a bug, not a user error).
     """
@@ -77,7 +191,7 @@ def write_displacement(path: str | os.PathLike, disp: np.ndarray) -> Path:
         raise ValueError(f"displacement must be (3, D0, D1, D2), got {disp.shape}")
     if not np.isfinite(disp).all():
         raise ValueError("displacement contains NaN or infinite values; refusing to write it")
-    return write_nifti_atomic(path, np.ascontiguousarray(np.moveaxis(disp, 0, -1), dtype=np.float32))
+    return write_nifti_atomic(path, np.ascontiguousarray(np.moveaxis(disp, 0, -1), dtype=np.float32), affine)
 
 
 def read_displacement(path: str | os.PathLike, expected_shape: Sequence[int] | None = None) -> np.ndarray:
@@ -94,12 +208,11 @@ def read_displacement(path: str | os.PathLike, expected_shape: Sequence[int] | N
         CaioInputError: missing/unreadable file, wrong shape, or non-finite values.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CaioInputError(f"{path}: displacement file not found")
+    img = load_image(path, "displacement")
     try:
-        data = np.asarray(nib.load(str(path)).get_fdata(), dtype=np.float64)
+        data = np.asarray(img.get_fdata(), dtype=np.float64)
     except Exception as err:
-        raise CaioInputError(f"{path}: cannot read as NIfTI ({type(err).__name__}: {err})") from None
+        raise CaioInputError(f"{path}: truncated or corrupt displacement data ({_one_line(err)})") from None
     if data.ndim == 4 and data.shape[0] == 3:
         data = np.moveaxis(data, 0, -1)
     if data.ndim != 4 or data.shape[-1] != 3:

@@ -2,12 +2,24 @@
 (:mod:`~caio.pipeline.models`), the stages of one pair (:mod:`~caio.pipeline.stages`,
 :mod:`~caio.pipeline.pair`) and the run loop that writes every output (:mod:`~caio.pipeline.run`).
 
-Imports go one way only: config <- models <- stages <- pair <- run.
+Imports go one way only: config, trace <- models <- stages <- pair <- run. What ran on each pair is a
+:class:`~caio.pipeline.trace.PairTrace` (:mod:`~caio.pipeline.trace`); the status is built from it.
 """
 
 from caio.pipeline.config import PipelineConfig
 from caio.pipeline.models import Models, load_models
 from caio.pipeline.pair import PairResult, register_pair
 from caio.pipeline.run import RunSummary, run
+from caio.pipeline.trace import PairTrace, StepRecord
 
-__all__ = ["Models", "PairResult", "PipelineConfig", "RunSummary", "load_models", "register_pair", "run"]
+__all__ = [
+    "Models",
+    "PairResult",
+    "PairTrace",
+    "PipelineConfig",
+    "RunSummary",
+    "StepRecord",
+    "load_models",
+    "register_pair",
+    "run",
+]

@@ -1,4 +1,5 @@
-"""Settings of a pipeline run: :class:`PipelineConfig`, the modes and the per-pair time budget."""
+"""Settings of a pipeline run: :class:`PipelineConfig`, the modes, the per-pair budget and the
+measured costs that decide which steps fit in it."""
 
 from __future__ import annotations
 
@@ -10,16 +11,52 @@ import torch
 from caio.errors import CaioInputError
 from caio.io import LUMIR_SHAPE
 
-MODES = ("auto", "vfa", "training-free")
-DEFAULT_BUDGET_S = {"cuda": 60.0, "cpu": 300.0}
-"""Per-pair budget when none is given: the challenge's minute on a GPU; on a CPU (about 20x slower
-per cascade step, see README) five minutes, so that the training-free backbone and some cascade
-steps fit."""
+MODES = ("auto", "vfa", "engine")
+"""Backbone: ``auto`` (per device, see :func:`caio.pipeline.stages.plan_pair`), ``vfa`` (VFA
+required, also on the CPU) or ``engine`` (:func:`caio.engine.register` only)."""
+MODE_ALIASES = {"training-free": "engine"}
+REFINES = ("auto", "cascade", "engine", "none")
+"""Refinement after the backbone: ``auto`` (cascade on a GPU, the engine on the CPU), ``cascade``
+(the paper's instance optimisation, anywhere), ``engine`` (:func:`caio.engine.register` from the
+backbone's field) or ``none``."""
+
+DEFAULT_BUDGET_S = 60.0
+"""Seconds per pair, reading and writing included, on every device: the challenge's minute."""
+
+SAME_CONTRAST_SIMILARITY = "lncc"
+CROSS_CONTRAST_SIMILARITY = "lncc2"
+"""Engine similarity for a cross-contrast pair without Brain-ID (``"lncc2"``: squared LNCC, cheap;
+``"mind"``: MIND-SSC descriptors). One constant, changed after measuring."""
+
+LUMIR_VOXELS = 160 * 224 * 192
+STEP_SECONDS_PER_VOXEL: dict[str, dict[str, float]] = {
+    "cpu": {"brainid": 218.0 / LUMIR_VOXELS, "vfa": 58.0 / LUMIR_VOXELS},
+    "cuda": {},
+}
+"""Measured cost (README, 2-core CPU): Brain-ID 218 s per 160x224x192 volume (it runs on both
+images of a pair), VFA 58 s per pair. A step absent here (GPU: not measured) is assumed to fit."""
+
+WRITE_SECONDS_PER_VOXEL = 2.0 / LUMIR_VOXELS
+"""Validating and writing a gzip level-1 field: ~1.5 s for 160x224x192 (2 s kept)."""
+FINISH_MARGIN_FRACTION = 0.03
+"""Share of the budget kept for what follows the last optimiser iteration (resize, copies)."""
 
 
 def budget_for(cfg: PipelineConfig, device: torch.device) -> float:
-    """Seconds per pair: ``cfg.budget_s`` if set, else the default of the device type."""
-    return cfg.budget_s if cfg.budget_s is not None else DEFAULT_BUDGET_S["cuda" if device.type == "cuda" else "cpu"]
+    """Seconds per pair: ``cfg.budget_s`` if set, else :data:`DEFAULT_BUDGET_S`."""
+    del device  # one default for every device since the engine (issue 12)
+    return cfg.budget_s if cfg.budget_s is not None else DEFAULT_BUDGET_S
+
+
+def write_reserve_s(budget_s: float, voxels: int) -> float:
+    """Seconds kept at the end of a pair for validating and writing its output (at most half the budget)."""
+    return min(0.5 * budget_s, WRITE_SECONDS_PER_VOXEL * voxels + FINISH_MARGIN_FRACTION * budget_s)
+
+
+def estimated_seconds(step: str, device: torch.device, voxels: int) -> float:
+    """Expected seconds of ``step`` (``"brainid"`` for one volume, ``"vfa"`` for a pair); 0 if unknown."""
+    table = STEP_SECONDS_PER_VOXEL.get("cuda" if torch.device(device).type == "cuda" else "cpu", {})
+    return table.get(step, 0.0) * voxels
 
 
 @dataclass(frozen=True)
@@ -29,12 +66,11 @@ class PipelineConfig:
     Attributes:
         device: ``"auto"`` (first CUDA GPU, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         budget_s: wall-clock seconds per pair, reading and writing included (``None``:
-            :data:`DEFAULT_BUDGET_S` for the device the pair runs on).
+            :data:`DEFAULT_BUDGET_S`).
         weights_dir: folder searched by :func:`caio.weights.manifest.resolve` (``None``: its default).
-        mode: ``"auto"`` (VFA when its weights exist, else training-free), ``"vfa"`` (VFA
-            required: missing weights are an error) or ``"training-free"``.
+        mode: :data:`MODES` (``"training-free"`` is accepted for ``"engine"``).
+        refine: :data:`REFINES`.
         gate: ``None`` lets the gate decide; ``True``/``False`` forces cross-contrast on/off.
-        cascade: run the instance-optimisation cascade after the backbone.
         steps: cascade steps per level (``None``: the cascade's default).
         seed: random seed of the cascade.
         resample: accept volumes of another shape by resampling them onto ``expected_shape``.
@@ -42,23 +78,32 @@ class PipelineConfig:
             as long as fixed and moving agree.
         identity_fallback: when every method fails on a pair, write a zero displacement
             (the evaluator aborts on a missing file) and report the pair as degraded.
+        cascade: deprecated, for callers of the old flag: ``False`` means ``refine="none"``;
+            ``None``/``True`` leave ``refine`` alone.
     """
 
     device: str = "auto"
     budget_s: float | None = None
     weights_dir: Path | None = None
     mode: str = "auto"
+    refine: str = "auto"
     gate: bool | None = None
-    cascade: bool = True
     steps: int | None = None
     seed: int = 0
     resample: bool = False
     expected_shape: tuple[int, int, int] | None = LUMIR_SHAPE
     identity_fallback: bool = True
+    cascade: bool | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", MODE_ALIASES.get(self.mode, self.mode))
+        if self.cascade is False:
+            object.__setattr__(self, "refine", "none")
+        object.__setattr__(self, "cascade", None)
         if self.mode not in MODES:
             raise CaioInputError(f"mode '{self.mode}' is not one of {', '.join(MODES)}")
+        if self.refine not in REFINES:
+            raise CaioInputError(f"refine '{self.refine}' is not one of {', '.join(REFINES)}")
         if self.budget_s is not None and not self.budget_s > 0:
             raise CaioInputError(f"budget {self.budget_s} s must be positive")
         if self.steps is not None and self.steps < 0:

@@ -1,13 +1,18 @@
 """The networks of a run, loaded once: Brain-ID, the VFA backbones and the cascade's initial weights.
 
 Weights are looked up through :mod:`caio.weights.manifest`; absent weights leave the model
-``None`` and the pipeline uses the next option.
+``None`` and the pipeline uses the next option. Only the networks the device's path can use are
+loaded (:func:`wanted_models`): on the CPU, by default none (Brain-ID and VFA do not fit the
+minute there, see :data:`caio.pipeline.config.STEP_SECONDS_PER_VOXEL`). Loading, including the
+engine's one-off kernel load (:func:`caio.engine.warm_up`), happens before the first pair's clock
+starts; :attr:`Models.load_seconds` says how long it took.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ import torch
 from caio.backbone.vfa import load_vfa
 from caio.contrast.brainid import load_brainid
 from caio.device import resolve_device
+from caio.engine import warm_up
 from caio.errors import CaioInputError
 from caio.pipeline.config import PipelineConfig
 from caio.weights.manifest import cascade_init_path, resolve
@@ -36,6 +42,7 @@ class Models:
     vfa_mono: Any = None
     vfa_multi: Any = None
     cascade_init: Path | None = None
+    load_seconds: float = 0.0
     _moved: dict = field(default_factory=dict, repr=False)
 
     def on(self, device: torch.device) -> Models:
@@ -47,22 +54,34 @@ class Models:
                 k: (copy.deepcopy(v).to(device) if isinstance(v, torch.nn.Module) else v)
                 for k, v in (("brainid", self.brainid), ("vfa_mono", self.vfa_mono), ("vfa_multi", self.vfa_multi))
             }
-            self._moved[device] = Models(device=device, cascade_init=self.cascade_init, **moved)
+            self._moved[device] = Models(
+                device=device, cascade_init=self.cascade_init, load_seconds=self.load_seconds, **moved
+            )
         return self._moved[device]
 
 
+def wanted_models(cfg: PipelineConfig, device: torch.device) -> list[tuple[str, str]]:
+    """(weights role, :class:`Models` attribute) the configured path can use on ``device``.
+
+    GPU: Brain-ID and both VFAs unless ``mode="engine"``. CPU: the VFAs only when ``mode="vfa"``
+    forces them; Brain-ID never (218 s per volume there).
+    """
+    vfa = [("backbone_mono", "vfa_mono"), ("backbone_multi", "vfa_multi")]
+    if device.type == "cuda":
+        return [("contrast_adapter", "brainid")] + (vfa if cfg.mode != "engine" else [])
+    return vfa if cfg.mode == "vfa" else []
+
+
 def load_models(cfg: PipelineConfig, device: torch.device | None = None) -> Models:
-    """Load every network whose weights are present, once per run.
+    """Load every network the path can use whose weights are present, once per run, and warm up the engine.
 
     Raises:
         CaioInputError: ``mode="vfa"`` and the VFA weights are missing or unusable.
     """
+    start = time.monotonic()
     device = device or resolve_device(cfg.device)
     models = Models(device=device)
-    wanted = [("contrast_adapter", "brainid")]
-    if cfg.mode != "training-free":
-        wanted += [("backbone_mono", "vfa_mono"), ("backbone_multi", "vfa_multi")]
-    for role, attr in wanted:
+    for role, attr in wanted_models(cfg, device):
         path = resolve(role, cfg.weights_dir)
         if path is None:
             log.info("weights for %s: absent", role)
@@ -76,12 +95,16 @@ def load_models(cfg: PipelineConfig, device: torch.device | None = None) -> Mode
             continue
         setattr(models, attr, model)
         log.info("weights for %s: %s", role, path)
-    models.cascade_init = cascade_init_path(cfg.weights_dir)
-    if models.cascade_init is not None:
-        log.info("cascade initial weights: %s", models.cascade_init)
+    if cfg.refine == "cascade" or (device.type == "cuda" and cfg.refine == "auto"):
+        models.cascade_init = cascade_init_path(cfg.weights_dir)
+        if models.cascade_init is not None:
+            log.info("cascade initial weights: %s", models.cascade_init)
     if cfg.mode == "vfa" and models.vfa_mono is None and models.vfa_multi is None:
         raise CaioInputError(
             "mode 'vfa' needs VFA weights (backbone_mono or backbone_multi); none found"
             f" in {cfg.weights_dir or 'the default weights folder'}"
         )
+    warm = warm_up()  # Numba kernels: compiled once per machine, loaded once per process
+    models.load_seconds = time.monotonic() - start
+    log.info("models loaded in %.1f s (engine kernels %.1f s)", models.load_seconds, warm)
     return models

@@ -1,18 +1,29 @@
-"""The run loop: register a list of pairs and write each output atomically under every name.
+"""The run loop: register a list of pairs, reading the next pair and writing the last one meanwhile.
 
 :func:`run` is re-exported by :mod:`caio.pipeline` (so the attribute ``caio.pipeline.run`` is the
-function; reach this module with ``importlib.import_module("caio.pipeline.run")``). Models are loaded
-once per run (and not at all when ``resume`` finds every output already valid). A pair that fails
-never stops the others; :attr:`RunSummary.exit_code` is non-zero when any pair was skipped, failed or degraded.
+function; reach this module with ``importlib.import_module("caio.pipeline.run")``).
+
+Overlap (``overlap=True``, the default): a reader thread loads and checks pair ``i + 1`` (or
+decides that ``--resume`` keeps it) while pair ``i`` registers, and a writer thread compresses
+and renames pair ``i - 1``'s output; at most one pair is read ahead and one write is pending, so
+memory stays bounded to about three pairs. A read error skips only that pair, a write error
+fails only that pair (its temporary file removed). Results are reported (``on_result``) in input
+order, each once its output is on disk; the run returns after the last write.
+
+Models are loaded once, when the first pair needs them (not at all when ``resume`` keeps every
+pair); that one-off time is :attr:`RunSummary.model_loading_s`, outside every pair's clock.
+A pair's clock starts when it begins waiting for its volumes: ``PairResult.seconds`` counts that
+wait, the registration and the hand-off of its output to the writer; ``io_wait_s`` is the
+waiting part; ``write_s`` the background write.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,18 +31,19 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from caio.device import resolve_device
 from caio.errors import CaioInputError
-from caio.io import Pair, output_names, validate_displacement_file, write_displacement
-from caio.io.atomic import replace_atomically
+from caio.io import Pair, output_names
+from caio.io.atomic import remove_stray_temporaries
 from caio.pipeline.config import PipelineConfig
 from caio.pipeline.models import Models, load_models
+from caio.pipeline.outputs import check_output_folder, resume_decision, write_pair
 from caio.pipeline.pair import PairResult, load_pair_volumes, register_pair
 from caio.qc import write_qc
 
 log = logging.getLogger(__name__)
 
 GOOD_STATUSES = ("ok", "resumed")
+STATUSES = ("ok", "resumed", "skipped", "degraded", "failed")
 
 
 @dataclass
@@ -40,6 +52,8 @@ class RunSummary:
 
     results: list[PairResult] = field(default_factory=list)
     seconds: float = 0.0
+    model_loading_s: float | None = None
+    stray_removed: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -51,65 +65,86 @@ class RunSummary:
 
     def line(self) -> str:
         """One-line summary, e.g. ``"36 pairs: 35 ok, 0 resumed, 1 skipped, 0 degraded, 0 failed in 812.3 s"``."""
-        counts = ", ".join(f"{self.count(s)} {s}" for s in ("ok", "resumed", "skipped", "degraded", "failed"))
+        counts = ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
         return f"{len(self.results)} pairs: {counts} in {self.seconds:.1f} s"
 
     def to_json(self) -> dict:
+        pairs = []
+        for r in self.results:
+            entry = r.to_json()
+            entry["io_wait_s"] = float(getattr(r, "io_wait_s", 0.0) or 0.0)
+            entry["write_s"] = float(getattr(r, "write_s", 0.0) or 0.0)
+            pairs.append(entry)
         return {
-            "pairs": [r.to_json() for r in self.results],
+            "pairs": pairs,
+            "model_loading": {"seconds": self.model_loading_s},
             "seconds": self.seconds,
-            "counts": {s: self.count(s) for s in ("ok", "resumed", "skipped", "degraded", "failed")},
+            "counts": {s: self.count(s) for s in STATUSES},
             "exit_code": self.exit_code,
+            "stray_temporaries_removed": self.stray_removed,
         }
 
 
-def expected_output_shape(pair: Pair, cfg: PipelineConfig) -> tuple[int, ...]:
-    """Grid of the output for ``pair``: ``cfg.expected_shape``, or the fixed image's own shape."""
-    if cfg.expected_shape is not None:
-        return tuple(cfg.expected_shape)
+@dataclass
+class _Prepared:
+    """What the reader hands over for one pair: volumes, a resume decision, or the reason it is skipped."""
+
+    volumes: tuple[np.ndarray, np.ndarray] | None = None
+    resumed_path: str | None = None
+    error: str = ""
+    error_status: str = "skipped"
+
+
+def _prepare(pair: Pair, cfg: PipelineConfig, out_dir: Path, resume: bool) -> _Prepared:
+    """Reader job: keep the pair (``resume``) or read and check its two volumes. Never raises."""
     try:
-        return tuple(nib.load(str(pair.fixed)).shape[:3])
-    except Exception as err:
-        raise CaioInputError(f"{pair.fixed}: cannot read the image header ({err})") from None
+        if resume:
+            decision = resume_decision(pair, out_dir, cfg)
+            if decision.keep:
+                return _Prepared(resumed_path=decision.path)
+            if decision.reason:
+                log.info("resume: redo %s (%s)", pair.key, decision.reason)
+        return _Prepared(volumes=load_pair_volumes(pair, cfg))
+    except CaioInputError as err:
+        return _Prepared(error=str(err))
+    except Exception as err:  # a bug, not the user's file: this pair fails, the others go on
+        log.error("reading %s failed", pair.key, exc_info=True)
+        return _Prepared(error=f"reading failed: {type(err).__name__}: {err}", error_status="failed")
 
 
-def outputs_valid(pair: Pair, out_dir: Path, cfg: PipelineConfig) -> bool:
-    """True when every output name of ``pair`` exists and is a valid displacement file."""
-    try:
-        shape = expected_output_shape(pair, cfg)
-    except CaioInputError:
-        return False
-    for name in output_names(pair):
-        reason = validate_displacement_file(out_dir / name, shape)
-        if reason is not None:
-            log.debug("resume: redo %s (%s)", pair.key, reason)
-            return False
-    return True
+class _Inline:
+    """Executor stand-in that runs each job at once (``overlap=False``)."""
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as err:
+            fut.set_exception(err)
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
 
-def write_outputs(result: PairResult, out_dir: Path) -> list[Path]:
-    """Write ``result.disp`` under every output name of its pair, each atomically."""
-    names = output_names(result.pair)
-    first = write_displacement(out_dir / names[0], result.disp)
-    written = [first]
-    for name in names[1:]:  # same bytes: copy to a temporary name, then rename
-        written.append(replace_atomically(out_dir / name, lambda tmp: shutil.copyfile(first, tmp)))
-    return written
+def _write_job(
+    result: PairResult,
+    disp: np.ndarray,
+    out_dir: Path,
+    qc_dir: Path | None,
+    volumes: tuple[np.ndarray, np.ndarray] | None,
+) -> PairResult:
+    """Writer job: the outputs, then the QC pictures. Never raises."""
+    write_pair(result, disp, out_dir)
+    if qc_dir is not None and result.status != "failed" and volumes is not None:
+        _write_qc(result, disp, volumes, qc_dir)
+    return result
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CaioInputError(f"{out_dir}: cannot create output folder ({err.strerror or err})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise CaioInputError(f"{out_dir}: output folder is not writable (uid {os.getuid()})")
-
-
-def _write_qc(result: PairResult, cfg: PipelineConfig, qc_dir: Path) -> None:
+def _write_qc(result: PairResult, disp: np.ndarray, volumes: tuple[np.ndarray, np.ndarray], qc_dir: Path) -> None:
     """Quality-control pictures of a written pair; a failure here is only a warning."""
     try:
-        fixed, moving = load_pair_volumes(result.pair, cfg)
+        fixed, moving = volumes
         labels = None
         label_path = Path(str(result.pair.fixed).replace("imagesVal", "labelsVal").replace("imagesTs", "labelsTs"))
         if label_path != result.pair.fixed and label_path.is_file():  # outlines of the fixed labels, if any
@@ -119,7 +154,7 @@ def _write_qc(result: PairResult, cfg: PipelineConfig, qc_dir: Path) -> None:
         write_qc(
             torch.from_numpy(fixed)[None, None],
             torch.from_numpy(moving)[None, None],
-            torch.from_numpy(result.disp)[None],
+            torch.from_numpy(disp)[None],
             qc_dir,
             output_names(result.pair)[0][: -len(".nii.gz")],
             fixed_labels=labels,
@@ -138,52 +173,100 @@ def run(
     qc_dir: str | os.PathLike | None = None,
     on_result: Callable[[PairResult], None] | None = None,
     progress: Callable[[Iterable[Pair]], Iterable[Pair]] | None = None,
+    overlap: bool = True,
+    on_models_loaded: Callable[[float], None] | None = None,
 ) -> RunSummary:
     """Register every pair and write its outputs into ``out_dir``.
 
     Args:
         pairs: from :func:`caio.io.load_pairs` (possibly one shard of them).
-        out_dir: created if missing; must be writable.
+        out_dir: created if missing; must be writable (checked before any computation).
         models: preloaded networks; loaded here (once) when ``None`` and a pair needs them.
-        resume: keep pairs whose outputs already exist and are valid.
+        resume: keep pairs whose outputs exist, are valid and record status ``ok``.
         qc_dir: where :func:`caio.qc.write_qc` puts pictures of each pair (``None``: none).
-        on_result: called with each :class:`PairResult` as soon as the pair is done.
+        on_result: called with each :class:`PairResult`, in input order, once its output is written.
         progress: wraps the pair iterable (e.g. ``tqdm``).
+        overlap: read the next pair and write the last one in background threads.
+        on_models_loaded: called with the one-off model loading seconds.
     Returns:
         The :class:`RunSummary`; the outputs of ``ok``/``degraded`` pairs are on disk.
     Raises:
-        CaioInputError: the output folder cannot be created or written.
+        CaioInputError: the output path is a file, or the folder cannot be created or written.
     """
     start = time.monotonic()
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    qc_path = None if qc_dir is None else Path(qc_dir)
+    check_output_folder(out_dir)
     summary = RunSummary()
-    for pair in progress(pairs) if progress else pairs:
-        if resume and outputs_valid(pair, out_dir, cfg):
-            result = PairResult(
-                pair=pair,
-                status="resumed",
-                path="existing output",
-                outputs=[str(out_dir / n) for n in output_names(pair)],
-            )
-        else:
-            pair_start = time.monotonic()
-            if models is None:
-                models = load_models(cfg, resolve_device(cfg.device))
-            result = register_pair(pair, cfg, models)
-            if result.disp is not None:
-                try:
-                    result.outputs = [str(p) for p in write_outputs(result, out_dir)]
-                except (CaioInputError, ValueError, OSError) as err:
-                    result.status, result.message = "failed", f"cannot write output: {err}"
-                if qc_dir is not None and result.status != "failed":
-                    _write_qc(result, cfg, Path(qc_dir))
-            result.disp = None  # do not keep 80 MB per pair alive
-            result.seconds = time.monotonic() - pair_start  # writing included
+    removed = remove_stray_temporaries(out_dir)
+    if removed:
+        summary.stray_removed = [p.name for p in removed]
+        log.warning(
+            "removed %d stray temporary file(s) of dead runs in %s: %s",
+            len(removed),
+            out_dir,
+            ", ".join(summary.stray_removed),
+        )
+    reader = ThreadPoolExecutor(1, thread_name_prefix="caio-read") if overlap else _Inline()
+    writer = ThreadPoolExecutor(1, thread_name_prefix="caio-write") if overlap else _Inline()
+    pending: Future | None = None
+
+    def finish(result: PairResult) -> None:
         if result.status not in GOOD_STATUSES:
             log.error("%s %s: %s", result.pair.key, result.status, result.message)
         summary.results.append(result)
         if on_result is not None:
             on_result(result)
+
+    def collect_write() -> None:
+        nonlocal pending
+        if pending is not None:
+            done, pending = pending.result(), None
+            finish(done)
+
+    try:
+        next_read: Future | None = None
+        for index, pair in enumerate(progress(pairs) if progress else pairs):
+            wait_start = time.monotonic()
+            if next_read is None:  # the first pair, or no overlap: read it now
+                next_read = reader.submit(_prepare, pair, cfg, out_dir, resume)
+            prepared, next_read = next_read.result(), None
+            read_wait = time.monotonic() - wait_start
+            if overlap and index + 1 < len(pairs):
+                next_read = reader.submit(_prepare, pairs[index + 1], cfg, out_dir, resume)
+            if prepared.resumed_path is not None or prepared.volumes is None:
+                collect_write()  # keep the input order
+                if prepared.volumes is None and prepared.resumed_path is None:
+                    result = PairResult(pair=pair, status=prepared.error_status, message=prepared.error)
+                else:
+                    outputs = [out_dir / n for n in output_names(pair)]
+                    result = PairResult.resumed(pair, outputs, prepared.resumed_path)
+                result.seconds = result.io_wait_s = read_wait
+                finish(result)
+                continue
+            if models is None:
+                load_start = time.monotonic()
+                models = load_models(cfg)
+                summary.model_loading_s = time.monotonic() - load_start
+                if on_models_loaded is not None:
+                    on_models_loaded(summary.model_loading_s)
+            clock_start = time.monotonic() - read_wait  # model loading is outside the pair's clock
+            result = register_pair(pair, cfg, models, volumes=prepared.volumes, clock_start=clock_start)
+            volumes = prepared.volumes if qc_path is not None else None
+            prepared = None
+            hand_start = time.monotonic()
+            collect_write()  # the previous write must be done before this one is handed over
+            disp, result.disp = result.disp, None  # do not keep 80 MB per pair alive in the report
+            if disp is not None:
+                pending = writer.submit(_write_job, result, disp, out_dir, qc_path, volumes)
+            now = time.monotonic()
+            result.io_wait_s = read_wait + (now - hand_start)
+            result.seconds = now - clock_start
+            if disp is None:
+                finish(result)
+        collect_write()
+    finally:
+        reader.shutdown(wait=True)
+        writer.shutdown(wait=True)
     summary.seconds = time.monotonic() - start
     return summary

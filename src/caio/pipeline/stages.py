@@ -1,8 +1,10 @@
-"""Stages of one pair for :mod:`caio.pipeline.pair`: gate, contrast handling, backbone, cascade.
+"""Stages of one pair for :mod:`caio.pipeline.pair`, each recording what it did in a :class:`PairTrace`.
 
-A failing stage degrades to the next option (logged once per process). CUDA out-of-memory
-errors are re-raised so that :func:`caio.pipeline.pair.register_pair` can retry the pair with less
-memory. Images are float32
+:func:`plan_pair` gives the configured path for the device, the weights present and the pair's
+contrast; every ``run_*`` function runs one step on the pair's single deadline and returns
+``None`` (after recording ``skipped``/``failed``) when it produced nothing, so that the caller
+takes the documented fallback. CUDA out-of-memory errors are re-raised so that
+:func:`caio.pipeline.pair.register_pair` can retry on a more frugal setting. Images are float32
 ``[1, 1, D0, D1, D2]`` in [0, 255]; displacements ``[1, 3, D0, D1, D2]`` in voxels.
 """
 
@@ -11,207 +13,250 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from caio.backbone.training_free import TrainingFreeConfig, register_training_free
 from caio.backbone.vfa import predict_displacement
-from caio.contrast.brainid import synthesize_t1
+from caio.contrast.brainid import BrainIDDeadlineError, synthesize_t1
 from caio.contrast.gate import GateConfig, decide
 from caio.contrast.mind import mind_ssc
 from caio.device import is_oom
+from caio.engine import register as engine_register
 from caio.io import Pair
-from caio.pipeline.config import PipelineConfig
+from caio.pipeline.config import (
+    CROSS_CONTRAST_SIMILARITY,
+    SAME_CONTRAST_SIMILARITY,
+    PipelineConfig,
+    estimated_seconds,
+)
 from caio.pipeline.models import Models
+from caio.pipeline.trace import PairTrace
 from caio.refine.cascade import CascadeConfig, refine
 
 log = logging.getLogger("caio.pipeline")
 
-BACKBONE_FRACTION = 0.4
-"""Share of the remaining budget the training-free backbone may use; the cascade gets the rest."""
-
-_WARNED: set[str] = set()
+ENGINE_SHARE_BEFORE_CASCADE = 0.5
+"""Share of the time left that the engine gets when the cascade follows it."""
 
 
-def _warn_once(key: str, message: str, *args: object, level: int = logging.WARNING) -> None:
-    """Log a degradation (missing module, absent weights) once per process, not once per pair."""
-    if key not in _WARNED:
-        _WARNED.add(key)
-        log.log(level, message, *args)
+@dataclass(frozen=True)
+class Plan:
+    """The configured path of one pair.
 
-
-def run_gate(
-    fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: PipelineConfig
-) -> tuple[float | None, bool, bool]:
-    """(score, cross_contrast, forced).
-
-    ``cfg.gate`` (``--gate on/off``) forces the decision. Otherwise a pair whose modality codes
-    differ (e.g. ``0000`` <- ``0001``) is cross-contrast whatever the score: the calibration
-    (notes/gate_calibration.md) shows T1-vs-FLAIR scores overlapping T1-T1 ones, so the score
-    alone decides only same-code pairs.
+    Attributes:
+        steps: step names that must all run for the pair to be ``ok`` (e.g. ``("gate", "engine")``).
+        brainid: map a cross-contrast pair to T1-like images first.
+        vfa: ``"vfa_mono"``/``"vfa_multi"`` (the :class:`Models` attribute) or ``None``.
+        refine: ``"cascade"``, ``"engine"`` or ``"none"`` after the backbone.
+        similarity: engine similarity on the images the backbone sees.
     """
+
+    steps: tuple[str, ...]
+    brainid: bool
+    vfa: str | None
+    refine: str
+    similarity: str
+
+
+def available_models(models: Models) -> frozenset[str]:
+    """Names of the networks loaded in ``models`` (``brainid``, ``vfa_mono``, ``vfa_multi``)."""
+    return frozenset(k for k in ("brainid", "vfa_mono", "vfa_multi") if getattr(models, k) is not None)
+
+
+def plan_pair(device_type: str, cross: bool, available: frozenset[str], mode: str, refine_mode: str) -> Plan:
+    """The path a pair must take (:class:`Plan`), by device type, contrast and weights present.
+
+    GPU: gate -> Brain-ID (cross-contrast, weights present) -> VFA (weights present, else the
+    engine) -> cascade (MIND-SSC similarity for a cross-contrast pair without Brain-ID).
+    CPU: gate -> engine; with ``mode="vfa"``: gate -> VFA -> engine from VFA's field.
+    ``refine_mode`` other than ``auto`` replaces the refinement anywhere.
+    """
+    gpu = device_type == "cuda"
+    brainid = gpu and cross and "brainid" in available
+    raw_cross = cross and not brainid
+    vfa = None
+    if mode == "vfa" or (gpu and mode == "auto"):
+        if raw_cross:
+            vfa = "vfa_multi" if "vfa_multi" in available else ("vfa_mono" if mode == "vfa" else None)
+            vfa = vfa if vfa in available else None
+        else:
+            vfa = next((k for k in ("vfa_mono", "vfa_multi") if k in available), None)
+    backbone = "vfa" if vfa else "engine"
+    refine_to = refine_mode
+    if refine_mode == "auto":
+        refine_to = "cascade" if gpu else ("engine" if vfa else "none")
+    if refine_to == "engine" and backbone == "engine":
+        refine_to = "none"
+    steps = ["gate"] + (["brainid"] if brainid else []) + [backbone]
+    if refine_to == "cascade" and raw_cross:
+        steps.append("mind")
+    if refine_to != "none":
+        steps.append(refine_to)
+    similarity = CROSS_CONTRAST_SIMILARITY if raw_cross else SAME_CONTRAST_SIMILARITY
+    return Plan(tuple(steps), brainid, vfa, refine_to, similarity)
+
+
+def _left(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def _finite(disp: torch.Tensor) -> bool:
+    return bool(torch.isfinite(disp).all())
+
+
+def _failed(trace: PairTrace, name: str, start: float, err: BaseException) -> None:
+    if is_oom(err):
+        raise err
+    log.error("%s failed: %s", name, err, exc_info=log.isEnabledFor(logging.DEBUG))
+    trace.record(name, "failed", time.monotonic() - start, f"{type(err).__name__}: {err}")
+
+
+def run_gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: PipelineConfig, trace: PairTrace):
+    """(score, cross_contrast, forced); a failing gate leaves the decision to the modality codes.
+
+    ``cfg.gate`` forces the decision. Otherwise a pair whose modality codes differ is
+    cross-contrast whatever the score (notes/gate_calibration.md: T1-vs-FLAIR scores overlap
+    T1-T1 ones).
+    """
+    start = time.monotonic()
     force = cfg.gate if cfg.gate is not None else (True if pair.is_cross_contrast else None)
     try:
         decision = decide(fixed, moving, GateConfig(), force=force)
     except Exception as err:
-        if is_oom(err):
-            raise
+        _failed(trace, "gate", start, err)
         cross = pair.is_cross_contrast if cfg.gate is None else cfg.gate
-        log.error("gate failed on %s (%s): cross-contrast=%s from the modality codes", pair.key, err, cross)
         return None, cross, cfg.gate is not None
-    return float(decision.score), bool(decision.cross_contrast), bool(decision.forced)
+    cross = bool(decision.cross_contrast)
+    trace.record("gate", "ran", time.monotonic() - start, f"{'cross' if cross else 'same'} contrast")
+    return float(decision.score), cross, bool(decision.forced)
 
 
-def similarity_inputs(fixed, moving, cross: bool, models: Models, steps: list[str]):
-    """(fixed_img, moving_img, fixed_sim, moving_sim) for the backbone and the cascade."""
-    if not cross:
-        return fixed, moving, None, None
-    if models.brainid is not None:
-        try:
-            with torch.no_grad():
-                ft1, mt1 = synthesize_t1(models.brainid, fixed), synthesize_t1(models.brainid, moving)
-            steps.append("brainid")
-            return ft1, mt1, None, None
-        except Exception as err:
-            if is_oom(err):
-                raise
-            log.error(
-                "Brain-ID failed (%s): falling back to MIND-SSC similarity",
-                err,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
+def _fits(name: str, seconds: float, deadline: float, trace: PairTrace) -> bool:
+    left = _left(deadline)
+    if seconds > left:
+        log.warning("%s skipped: estimated %.0f s does not fit the %.1f s left", name, seconds, left)
+        trace.record(name, "skipped", 0.0, f"estimated {seconds:.0f} s > {left:.1f} s left")
+        return False
+    return True
+
+
+def run_brainid(model: Any, fixed, moving, deadline: float, trace: PairTrace):
+    """``(fixed_t1, moving_t1)`` synthesised by Brain-ID, or ``None`` (skipped or failed)."""
+    voxels = fixed[0, 0].numel()
+    if not _fits("brainid", 2 * estimated_seconds("brainid", fixed.device, voxels), deadline, trace):
+        return None
+    start = time.monotonic()
     try:
-        _warn_once(
-            "mind",
-            "cross-contrast pairs without Brain-ID weights: MIND-SSC features are the cascade similarity",
-            level=logging.INFO,
-        )
         with torch.no_grad():
-            fsim, msim = mind_ssc(fixed), mind_ssc(moving)
-        steps.append("mind")
-        return fixed, moving, fsim, msim
+            out = synthesize_t1(model, fixed, deadline=deadline), synthesize_t1(model, moving, deadline=deadline)
+    except BrainIDDeadlineError:
+        log.warning("brainid skipped: the deadline passed between tiles")
+        trace.record("brainid", "skipped", time.monotonic() - start, "deadline passed mid-way")
+        return None
     except Exception as err:
-        if is_oom(err):
-            raise
-        _warn_once(
-            f"mind-failed:{type(err).__name__}",
-            "MIND-SSC features unavailable (%s): raw intensities as similarity",
-            err,
-            level=logging.ERROR,
-        )
-        steps.append("raw")
-        return fixed, moving, None, None
+        _failed(trace, "brainid", start, err)
+        return None
+    trace.record("brainid", "ran", time.monotonic() - start)
+    return out
 
 
-def _pick_vfa(models: Models, raw_cross_contrast: bool, mode: str) -> Any:
-    """Mono-modal VFA for same-contrast (or Brain-ID-synthesised) inputs; for raw cross-contrast
-    inputs only the multi-modal VFA (the mono one as well when ``mode="vfa"`` demands VFA)."""
-    if raw_cross_contrast:
-        if models.vfa_multi is not None or mode != "vfa":
-            return models.vfa_multi
-        return models.vfa_mono
-    return models.vfa_mono if models.vfa_mono is not None else models.vfa_multi
-
-
-def run_backbone(
-    fixed, moving, cross: bool, cfg: PipelineConfig, models: Models, deadline: float, low_memory: bool, steps: list[str]
-) -> torch.Tensor:
-    """Initial displacement ``[1, 3, D0, D1, D2]``: VFA, else training-free, else zero."""
-    vfa = _pick_vfa(models, cross and "brainid" not in steps, cfg.mode)
-    if cfg.mode != "training-free" and vfa is not None:
-        try:
-            with torch.no_grad():
-                disp = predict_displacement(vfa, fixed, moving)
-            steps.append("vfa_multi" if vfa is models.vfa_multi else "vfa_mono")
-            return disp.float()
-        except Exception as err:
-            if is_oom(err) or cfg.mode == "vfa":
-                raise
-            log.error("VFA failed (%s): training-free backbone instead", err, exc_info=log.isEnabledFor(logging.DEBUG))
+def run_vfa(model: Any, name: str, fixed, moving, deadline: float, trace: PairTrace) -> torch.Tensor | None:
+    """VFA's displacement, or ``None`` (skipped for cost, failed, or non-finite)."""
+    if not _fits("vfa", estimated_seconds("vfa", fixed.device, fixed[0, 0].numel()), deadline, trace):
+        return None
+    start = time.monotonic()
     try:
-        tf_cfg = TrainingFreeConfig(low_memory=True) if low_memory else TrainingFreeConfig()
-        start = time.monotonic()
-        share = BACKBONE_FRACTION if cfg.cascade else 1.0
-        disp = register_training_free(fixed, moving, tf_cfg, fixed.device, start + share * max(deadline - start, 0.0))
-        if torch.count_nonzero(disp) == 0:  # the deadline came before the search could run
-            _warn_once("tf-zero", "training-free backbone returned the identity (deadline too short?)")
-            steps.append("training-free:zero")
-        else:
-            steps.append("training-free")
-        return disp.float()
+        with torch.no_grad():
+            disp = predict_displacement(model, fixed, moving).float()
+        if not _finite(disp):
+            raise ValueError("non-finite displacement")
     except Exception as err:
-        if is_oom(err):
-            raise
-        _warn_once(
-            f"tf-failed:{err}",
-            "training-free backbone failed (%s): starting the cascade from the identity",
-            err,
-            level=logging.ERROR,
-        )
-    steps.append("identity")
-    return torch.zeros((1, 3, *fixed.shape[2:]), device=fixed.device)
+        _failed(trace, "vfa", start, err)
+        return None
+    trace.record("vfa", "ran", time.monotonic() - start, name)
+    return disp
+
+
+def run_engine(
+    fixed, moving, similarity: str, deadline: float, trace: PairTrace, init=None, outcome: str = "ran"
+) -> torch.Tensor | None:
+    """:func:`caio.engine.register` until ``deadline``; ``None`` when it failed or did no iteration.
+
+    ``outcome`` is what a successful run is recorded as (``"fallback"`` when it replaces a step).
+    """
+    start = time.monotonic()
+    try:
+        disp, etrace = engine_register(fixed, moving, similarity=similarity, init=init, deadline=deadline)
+        if not _finite(disp):
+            raise ValueError("non-finite displacement")
+    except Exception as err:
+        _failed(trace, "engine", start, err)
+        return None
+    seconds, info = time.monotonic() - start, etrace.to_dict()
+    if etrace.iterations == 0:
+        log.warning("engine ran 0 iterations before the deadline (budget too short?)")
+        trace.record("engine", "skipped", seconds, "engine ran 0 iterations (budget too short)", engine=info)
+        return None
+    before, after = etrace.similarity_before, etrace.similarity_after
+    detail = f"{similarity}, {etrace.iterations} iterations" + (
+        f", similarity {before:.4f} -> {after:.4f}" if before is not None and after is not None else ""
+    )
+    trace.record("engine", outcome, seconds, detail, iterations=etrace.iterations, engine=info)
+    return disp.float()
+
+
+def run_mind(fixed, moving, trace: PairTrace, outcome: str = "ran"):
+    """MIND-SSC features ``[1, 12, D0, D1, D2]`` of both images (the cascade's cross-contrast
+    similarity), or ``(None, None)`` when they cannot be computed (raw intensities then)."""
+    start = time.monotonic()
+    try:
+        with torch.no_grad():
+            out = mind_ssc(fixed), mind_ssc(moving)
+    except Exception as err:
+        _failed(trace, "mind", start, err)
+        return None, None
+    trace.record("mind", outcome, time.monotonic() - start)
+    return out
 
 
 def cascade_config_for(device: torch.device, steps: int | None = None) -> CascadeConfig:
-    """The cascade settings the pipeline uses on ``device``.
-
-    CUDA: :class:`caio.refine.cascade.CascadeConfig` defaults (stages 1/4, 1/2, 1/2). CPU:
-    ``CascadeConfig.for_cpu()`` (stages 1/8, 1/4, 1/4), about 6x cheaper per step, so that a
-    CPU run completes steps within its budget. ``steps`` overrides the step count.
-    """
+    """The cascade settings on ``device``: :class:`CascadeConfig` defaults on CUDA (stages 1/4, 1/2,
+    1/2), ``CascadeConfig.for_cpu()`` on the CPU (1/8, 1/4, 1/4); ``steps`` overrides the step count."""
     base = CascadeConfig() if torch.device(device).type == "cuda" else CascadeConfig.for_cpu()
     return base if steps is None else dataclasses.replace(base, steps=steps)
 
 
 def run_cascade(
-    fixed, moving, init, fsim, msim, cfg: PipelineConfig, deadline: float, steps: list[str], init_state=None
-) -> tuple[torch.Tensor, int | None]:
-    if not cfg.cascade:
-        return init, None
+    fixed, moving, init, fsim, msim, cfg: PipelineConfig, deadline: float, trace: PairTrace, init_state=None
+) -> torch.Tensor | None:
+    """The cascade's refinement of ``init``, or ``None`` (failed, non-finite or no step done)."""
+    start = time.monotonic()
+    c_cfg = cascade_config_for(fixed.device, cfg.steps)
+    kwargs = dict(fixed_sim=fsim, moving_sim=msim, deadline=deadline, seed=cfg.seed)
     try:
-        c_cfg = cascade_config_for(fixed.device, cfg.steps)
         try:
-            disp, report = refine(
-                fixed,
-                moving,
-                init,
-                c_cfg,
-                fixed_sim=fsim,
-                moving_sim=msim,
-                init_state=init_state,
-                deadline=deadline,
-                seed=cfg.seed,
-            )
+            disp, report = refine(fixed, moving, init, c_cfg, init_state=init_state, **kwargs)
         except Exception as err:
             if init_state is None or is_oom(err):
                 raise
-            _warn_once(
-                "cascade-init",
-                "cascade initial weights %s unusable (%s): random initialisation",
-                init_state,
-                err,
-                level=logging.ERROR,
-            )
-            disp, report = refine(
-                fixed, moving, init, c_cfg, fixed_sim=fsim, moving_sim=msim, deadline=deadline, seed=cfg.seed
-            )
-        done = report.steps
-        if done == 0:  # the deadline came first: the field is the backbone's
-            _warn_once("cascade-zero", "cascade ran no step before the deadline (budget too short?)")
-        steps.append("cascade" if done != 0 else "cascade:0")
-        return disp.float(), done
+            log.error("cascade initial weights %s unusable (%s): random initialisation", init_state, err)
+            trace.record("cascade", "failed", time.monotonic() - start, f"initial weights {init_state}: {err}")
+            disp, report = refine(fixed, moving, init, c_cfg, **kwargs)
+        if not _finite(disp):
+            raise ValueError("non-finite displacement")
     except Exception as err:
-        if is_oom(err):
-            raise
-        _warn_once(
-            f"cascade-failed:{err}",
-            "cascade failed (%s): keeping the backbone's displacement",
-            err,
-            level=logging.ERROR,
-        )
-        return init, None
+        _failed(trace, "cascade", start, err)
+        return None
+    seconds = time.monotonic() - start
+    if report.steps == 0:
+        log.warning("cascade ran no step before the deadline (budget too short?)")
+        trace.record("cascade", "skipped", seconds, "cascade ran 0 steps (budget too short)")
+        return None
+    trace.record("cascade", "ran", seconds, f"{report.steps} steps", iterations=report.steps)
+    return disp.float()
 
 
 def validate_disp(disp: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:

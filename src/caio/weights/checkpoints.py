@@ -8,6 +8,7 @@ one-line message names the file and, for a tensor mismatch, the key.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -15,6 +16,13 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from caio.errors import CaioInputError
+
+log = logging.getLogger(__name__)
+
+TORCH_MIN_VERSION: tuple[int, int] = (2, 5)
+"""Oldest torch the loaders work with: ``torch.serialization.safe_globals`` (the context manager
+:func:`load_checkpoint` allow-lists pickled classes with) first appeared in torch 2.5. The lower
+bound of ``torch`` in ``pyproject.toml`` must not be below it (``tests/test_weights.py`` checks)."""
 
 STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "model_state")
 """Keys under which the distributed checkpoints keep their weights (VFA 2025, VFA 2024, Brain-ID, caio)."""
@@ -60,18 +68,43 @@ def extract_state_dict(checkpoint: Mapping, path: str | os.PathLike = "<checkpoi
     return tensors
 
 
-def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike = "<checkpoint>") -> None:
-    """``module.load_state_dict(state, strict=True)`` with one-line errors naming the offending key."""
+def _first_keys(keys: Sequence[str], what: str, count: int = 3) -> str:
+    """``"missing keys 'a', 'b', 'c' (+4 more)"``: the first ``count`` keys of a list, quoted."""
+    shown = ", ".join(f"'{k}'" for k in keys[:count])
+    more = f" (+{len(keys) - count} more)" if len(keys) > count else ""
+    return f"{what} key{'s' if len(keys) > 1 else ''} {shown}{more}"
+
+
+def load_into(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike = "<checkpoint>",
+    ignore_unexpected: bool = False,
+) -> None:
+    """``module.load_state_dict(state, strict=True)`` with one-line errors naming the offending keys.
+
+    Every key of ``module`` must be in ``state`` with the same shape and finite values. Keys of
+    ``state`` that ``module`` does not have are an error, or, with ``ignore_unexpected`` (e.g. an
+    unused head of a released checkpoint), logged in one line and left out.
+
+    Raises:
+        CaioInputError: missing keys (the first ones are named), unexpected keys (unless
+            ignored), a wrong shape or a non-finite tensor; the message names ``path``.
+    """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
+    if missing or (unexpected and not ignore_unexpected):
         parts = []
         if missing:
-            parts.append(f"missing key '{missing[0]}'" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-        if unexpected:
-            parts.append(f"unexpected key '{unexpected[0]}'" + (f" (+{len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+            parts.append(_first_keys(missing, "missing"))
+        if unexpected and not ignore_unexpected:
+            parts.append(_first_keys(unexpected, "unexpected"))
         raise CaioInputError(f"{path}: does not fit {type(module).__name__}: {'; '.join(parts)}")
+    if unexpected:
+        log.info("%s: %s not used by %s: ignored", path, _first_keys(unexpected, "unexpected", 10),
+                 type(module).__name__)
+        state = {k: v for k, v in state.items() if k in expected}
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
             raise CaioInputError(

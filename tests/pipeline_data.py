@@ -1,0 +1,57 @@
+"""Small real brain volumes for pipeline tests: ``test_data`` images block-averaged by 4 (40x56x48).
+
+:func:`make_dataset` writes a LUMIR-style folder (``imagesVal/LUMIRMRI_<id>.nii.gz`` and a
+dataset JSON) for any pair ids: an id with modality code ``0001`` gets the T2-like subject of
+``test_data``, any other id one of its three T1 subjects (chosen by the subject number), so that
+pairs whose codes differ are genuinely cross-contrast. Importable from tests (``tests/`` is on
+``sys.path`` under pytest).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "test_data" / "imagesVal"
+T1_SUBJECTS = ("3454_0000", "3455_0000", "4024_0000")
+T2_SUBJECT = "4033_0001"
+FACTOR = 4
+SHAPE = (160 // FACTOR, 224 // FACTOR, 192 // FACTOR)
+
+
+@lru_cache(maxsize=None)
+def small_volume(name: str) -> np.ndarray:
+    """``test_data`` image ``LUMIRMRI_<name>`` block-averaged by :data:`FACTOR`, float32 in [0, 255]."""
+    image = np.asarray(nib.load(str(TEST_DATA / f"LUMIRMRI_{name}.nii.gz")).dataobj, dtype=np.float32)
+    d0, d1, d2 = (n // FACTOR for n in image.shape)
+    blocks = image[: d0 * FACTOR, : d1 * FACTOR, : d2 * FACTOR].reshape(d0, FACTOR, d1, FACTOR, d2, FACTOR)
+    return blocks.mean(axis=(1, 3, 5)).astype(np.float32)
+
+
+def source_of(pair_id: str) -> str:
+    """Which ``test_data`` subject stands in for the id ``SSSS_MMMM``."""
+    subject, modality = pair_id.split("_")
+    return T2_SUBJECT if modality == "0001" else T1_SUBJECTS[int(subject) % len(T1_SUBJECTS)]
+
+
+def write_volume(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    return path
+
+
+def make_dataset(root: Path, pairs: list[tuple[str, str]]) -> Path:
+    """Write every image of ``pairs`` (``("SSSS_MMMM", "SSSS_MMMM")`` = fixed, moving) and the JSON; return its path."""
+    for name in {n for pair in pairs for n in pair}:
+        write_volume(root / "imagesVal" / f"LUMIRMRI_{name}.nii.gz", small_volume(source_of(name)))
+    entries = [
+        {"fixed": f"./imagesVal/LUMIRMRI_{f}.nii.gz", "moving": f"./imagesVal/LUMIRMRI_{m}.nii.gz"} for f, m in pairs
+    ]
+    json_path = root / "LUMIR25_dataset.json"
+    json_path.write_text(json.dumps({"name": "LUMIR", "validation": entries}))
+    return json_path
