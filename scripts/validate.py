@@ -13,13 +13,15 @@ Steps (docker-py, so it works against Docker or any Docker-compatible API in DOC
 4. evaluate them against the label maps (Dice over the labels present in both maps, HD95,
    NDV) next to the zero-displacement baseline, and print a summary.
 
-Exit status 0 only when the container exited 0, every output is valid, every metric is finite and
+Exit status 0 only when the container exited 0, every output is valid, every metric is finite,
 every pair with labels has a Dice above that of the zero displacement (test_data's moving images are
-affinely aligned, so that is the affine-only Dice).
+affinely aligned, so that is the affine-only Dice), and the run report shows every pair ``ok`` with
+the path expected for the device and the weights in ``weights/`` (CPU: gate+engine; see
+:func:`expected_path`). The report is read from ``CAIO_REPORT`` (a folder mounted at /app/report);
+when the container wrote none, from its one stdout line per pair.
 Environment: ``BASE_IMAGE``, ``CAIO_IMAGE`` (tag), ``CAIO_VALIDATE_BUDGET_S`` and
 ``CAIO_VALIDATE_STEPS`` (passed into the container as ``CAIO_BUDGET_S``/``CAIO_STEPS``; on a
-host without a GPU they default to 300 s and 5 steps: the budget is only a ceiling and the
-steps bound the work, so CI stays short on an idle machine and still registers on a loaded one).
+host without a GPU the budget defaults to 60 s, the challenge's minute).
 """
 
 from __future__ import annotations
@@ -44,8 +46,72 @@ import numpy as np  # noqa: E402
 from caio.errors import CaioInputError  # noqa: E402
 from caio.io import Pair, load_pairs, output_names, read_displacement, validate_displacement_file  # noqa: E402
 
-CPU_DEFAULT_BUDGET_S = "300"
-CPU_DEFAULT_STEPS = "5"
+CPU_DEFAULT_BUDGET_S = "60"
+CPU_DEFAULT_STEPS = None
+REPORT_MOUNT = "/app/report"
+WEIGHT_ROLES = {"backbone_mono": "vfa_mono", "backbone_multi": "vfa_multi", "contrast_adapter": "brainid"}
+
+
+# ------------------------------------------------------------------ run report: status and path
+
+
+def available_weights(weights_dir: Path | None = None) -> frozenset[str]:
+    """Networks whose weights the image carries (``weights/`` of the repository by default)."""
+    from caio.weights.manifest import resolve
+
+    folder = weights_dir or REPO / "weights"
+    return frozenset(attr for role, attr in WEIGHT_ROLES.items() if resolve(role, folder) is not None)
+
+
+def expected_path(gpu: bool, cross: bool, available: frozenset[str]) -> tuple[str, ...]:
+    """The steps the default configuration must run on a pair (e.g. ``("gate", "engine")`` on a CPU)."""
+    from caio.pipeline.stages import plan_pair
+
+    return plan_pair("cuda" if gpu else "cpu", cross, available, "auto", "auto").steps
+
+
+def parse_pair_lines(text: str) -> list[dict]:
+    """Report entries from ``predict.py``'s stdout lines ``[i/n] KEY STATUS gate=S:same|cross path=P ...``."""
+    entries = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or not fields[0].startswith("[") or "/" not in fields[0]:
+            continue
+        entry = {"pair": fields[1], "status": fields[2], "message": line.partition(" | ")[2]}
+        for item in fields[3:]:
+            key, _, value = item.partition("=")
+            if key == "path":
+                entry["path"] = value
+            elif key == "gate" and ":" in value:
+                entry["cross_contrast"] = value.split(":", 1)[1].startswith("cross")
+        entries.append(entry)
+    return entries
+
+
+def check_run_report(entries: Sequence[dict], gpu: bool, available: frozenset[str]) -> list[str]:
+    """Problems: a pair that is not ``ok``, or whose path (steps that ran) is not the expected one.
+
+    ``entries``: the ``pairs`` of a ``--report`` JSON (with ``trace``) or :func:`parse_pair_lines`.
+    """
+    problems = []
+    if not entries:
+        return ["the run reported no pair (no report and no per-pair line)"]
+    for entry in entries:
+        key, status = entry.get("pair", "?"), entry.get("status")
+        if status not in ("ok", "resumed"):
+            problems.append(f"{key}: status {status} ({entry.get('message') or 'no reason given'})")
+        if status == "resumed":
+            continue
+        expected = expected_path(gpu, bool(entry.get("cross_contrast")), available)
+        trace = entry.get("trace") or {}
+        ran = [s["name"] for s in trace.get("steps", []) if s["outcome"] in ("ran", "fallback")]
+        ran = [n for n in ran if n not in ("read", "write")] if trace else str(entry.get("path", "")).split("+")
+        if tuple(ran) != expected:
+            problems.append(f"{key}: path {'+'.join(ran) or '-'} is not the expected {'+'.join(expected)}")
+        configured = trace.get("configured")
+        if configured is not None and tuple(configured) != expected:
+            problems.append(f"{key}: configured path {'+'.join(configured)} is not the expected {'+'.join(expected)}")
+    return problems
 
 
 # ------------------------------------------------------------------ checks and metrics
@@ -175,12 +241,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--budget-s",
         default=os.environ.get("CAIO_VALIDATE_BUDGET_S"),
-        help="per-pair budget passed as CAIO_BUDGET_S (CPU host default: 300)",
+        help="per-pair budget passed as CAIO_BUDGET_S (CPU host default: 60)",
     )
     ap.add_argument(
         "--steps",
         default=os.environ.get("CAIO_VALIDATE_STEPS"),
-        help="cascade steps passed as CAIO_STEPS (CPU host default: 5)",
+        help="cascade steps passed as CAIO_STEPS (default: the cascade's)",
     )
     ap.add_argument("--timeout-s", type=float, default=3600, help="kill the container after this long")
     ap.add_argument("--summary", type=Path, help="write the validation summary JSON here")
@@ -203,9 +269,19 @@ def build(client, tag: str, base_image: str | None) -> float:
 
 
 def run_container(
-    client, args: argparse.Namespace, json_path: Path, out: Path, user: str, environment: dict[str, str], gpu: bool
-) -> tuple[int, float]:
-    """Organizer-style run; streams the container's output; returns (exit status, seconds)."""
+    client,
+    args: argparse.Namespace,
+    json_path: Path,
+    out: Path,
+    user: str,
+    environment: dict[str, str],
+    gpu: bool,
+    report_dir: Path | None = None,
+) -> tuple[int, float, str]:
+    """Organizer-style run; streams the container's output; returns (exit status, seconds, output text).
+
+    ``report_dir`` (if given) is mounted read-write at :data:`REPORT_MOUNT` for the run report.
+    """
     from docker.types import DeviceRequest
 
     kwargs = dict(
@@ -220,6 +296,8 @@ def run_container(
             str(out.resolve()): {"bind": "/app/output", "mode": "rw"},
         },
     )
+    if report_dir is not None:
+        kwargs["volumes"][str(report_dir.resolve())] = {"bind": REPORT_MOUNT, "mode": "rw"}
     if gpu:
         kwargs["device_requests"] = [DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])]
     print(
@@ -230,9 +308,11 @@ def run_container(
     )
     start = time.monotonic()
     container = client.containers.run(args.tag, **kwargs)  # the image's CMD, no arguments
+    text = []
     try:
         for chunk in container.logs(stream=True, follow=True):
-            sys.stdout.write(chunk.decode(errors="replace"))
+            text.append(chunk.decode(errors="replace"))
+            sys.stdout.write(text[-1])
             sys.stdout.flush()
             if time.monotonic() - start > args.timeout_s:
                 container.kill()
@@ -240,7 +320,7 @@ def run_container(
         status = int(container.wait(timeout=60)["StatusCode"])
     finally:
         container.remove(force=True)  # = --rm
-    return status, time.monotonic() - start
+    return status, time.monotonic() - start, "".join(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         environment["CAIO_BUDGET_S"] = str(budget)
     if steps:
         environment["CAIO_STEPS"] = str(steps)
+    environment["CAIO_REPORT"] = f"{REPORT_MOUNT}/report.json"
     uid, gid = os.getuid(), os.getgid()
     user = args.user or (f"{uid}:{gid}" if uid != 0 else "1000:1000")
     out = args.out or Path(tempfile.mkdtemp(prefix="caio-validate-"))
@@ -278,12 +359,23 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"validate: {out} is not empty")
     if uid == 0:
         os.chown(out, *(int(x) for x in user.split(":")))
+    report_dir = Path(tempfile.mkdtemp(prefix="caio-validate-report-"))
+    if uid == 0:
+        os.chown(report_dir, *(int(x) for x in user.split(":")))
     try:
-        status, timings["run_s"] = run_container(client, args, json_path, out, user, environment, gpu)
+        status, timings["run_s"], text = run_container(client, args, json_path, out, user, environment, gpu, report_dir)
         start = time.monotonic()
         summary = check_and_evaluate(pairs, out, args.data)
+        report_file = report_dir / "report.json"
+        entries = json.loads(report_file.read_text())["pairs"] if report_file.is_file() else parse_pair_lines(text)
+        run_problems = check_run_report(entries, gpu, available_weights())
+        for problem in run_problems:
+            print(f"PROBLEM: {problem}")
+        summary["problems"] += run_problems
+        summary["ok"] = summary["ok"] and not run_problems
         timings["check_s"] = time.monotonic() - start
     finally:
+        shutil.rmtree(report_dir, ignore_errors=True)
         if args.out is None:
             shutil.rmtree(out, ignore_errors=True)
     summary.update(container_exit=status, timings=timings, gpu=gpu, environment=environment)

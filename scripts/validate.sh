@@ -8,9 +8,10 @@
 # Python package `docker` (pip install -e ".[test]"). Environment:
 #   BASE_IMAGE              build arg (default: the Dockerfile's pytorch/pytorch CUDA image)
 #   CAIO_IMAGE              image tag (default localhost/caio-lumir25:validate)
-#   CAIO_VALIDATE_BUDGET_S  per-pair budget inside the container (CPU host default 300)
-#   CAIO_VALIDATE_STEPS     cascade steps inside the container (CPU host default 5)
-# Exit status 0 only when the run and every check passed.
+#   CAIO_VALIDATE_BUDGET_S  per-pair budget inside the container (CPU host default 60)
+#   CAIO_VALIDATE_STEPS     cascade steps inside the container (default: the cascade's)
+# Exit status 0 only when the run and every check passed, every pair is 'ok' and ran the path expected
+# for the device and the weights in weights/ (CPU: gate+engine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}

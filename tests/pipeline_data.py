@@ -10,7 +10,7 @@ pairs whose codes differ are genuinely cross-contrast. Importable from tests (``
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +24,7 @@ FACTOR = 4
 SHAPE = (160 // FACTOR, 224 // FACTOR, 192 // FACTOR)
 
 
-@lru_cache(maxsize=None)
+@cache
 def small_volume(name: str) -> np.ndarray:
     """``test_data`` image ``LUMIRMRI_<name>`` block-averaged by :data:`FACTOR`, float32 in [0, 255]."""
     image = np.asarray(nib.load(str(TEST_DATA / f"LUMIRMRI_{name}.nii.gz")).dataobj, dtype=np.float32)

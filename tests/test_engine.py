@@ -252,3 +252,23 @@ def test_cost_model_learns_from_measurements():
     cost = CostModel(1e-9)
     cost.update(seconds=1.0, iterations=10, voxels=1000)
     assert cost.measured and cost.iteration_seconds(1000) == pytest.approx(0.1)
+
+
+def test_quantile_step_scaling_sets_the_quantile_and_clamps_the_tail():
+    field = _smooth_random((12, 14, 12), 3, 1.0, 2.0, 18)[0].numpy().copy()
+    ck.scale_to_quantile_norm(field, 1.0, 0.9, 2.0)
+    lengths = np.sqrt((field**2).sum(0))
+    assert np.quantile(lengths[::2, ::2, ::2], 0.9) == pytest.approx(1.0, rel=0.05)
+    assert lengths.max() <= 2.0 + 1e-5
+    torch_field = TorchKernels(None).update(
+        torch.zeros(1, 3, 12, 14, 12),
+        _smooth_random((12, 14, 12), 3, 1.0, 2.0, 18),
+        LevelSettings(sigma_update=0, sigma_field=0, compose=False, quantile=0.9),
+    )
+    assert torch.allclose(torch_field[0], torch.from_numpy(field), atol=1e-4)
+
+
+def test_warm_up_loads_the_kernels_and_reports_seconds():
+    from caio.engine import warm_up
+
+    assert warm_up() >= 0.0

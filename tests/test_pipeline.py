@@ -209,3 +209,11 @@ def test_trace_reports_every_reason_and_the_json_report_carries_it():
     assert PairTrace(configured=("gate",)).degraded_reasons() == ["gate did not run"]
     with pytest.raises(ValueError):
         trace.record("engine", "maybe")
+
+
+def test_contrast_brainid_forces_brainid_on_the_cpu_and_none_turns_it_off_on_a_gpu():
+    assert plan_pair("cpu", True, ALL, "vfa", "cascade", "brainid").steps == ("gate", "brainid", "vfa", "cascade")
+    assert plan_pair("cpu", False, ALL, "vfa", "cascade", "brainid").steps == ("gate", "vfa", "cascade")
+    assert plan_pair("cuda", True, ALL, "auto", "auto", "none").steps == ("gate", "vfa", "cascade")
+    with pytest.raises(CaioInputError):
+        PipelineConfig(contrast="sometimes")

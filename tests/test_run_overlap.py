@@ -188,7 +188,7 @@ def test_resume_keeps_ok_outputs_and_redoes_degraded_or_unrecorded_ones(tmp_path
     assert [c["key"] for c in fake.calls] == [pairs[0].key, pairs[2].key]
     redo = [r.message for r in caplog.records if "resume: redo" in r.message]
     assert len(redo) == 2 and "degraded" in redo[0] and "no recorded status" in redo[1]
-    assert second.results[1].path == "fake"
+    assert second.results[1].trace.steps[0].detail == "fake"  # the path recorded in the file
 
 
 def test_resume_with_every_output_done_loads_no_models(tmp_path, fake, monkeypatch):

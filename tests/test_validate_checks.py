@@ -79,3 +79,57 @@ def test_a_missing_output_is_a_problem(validate, folder):
     root, pairs, out = folder
     summary = validate.check_and_evaluate(pairs, out, root)
     assert not summary["ok"] and summary["pairs"][0]["valid"] is False
+
+
+# ------------------------------------------------------------------ run report: status and path
+
+NONE = frozenset()
+ALL_WEIGHTS = frozenset({"brainid", "vfa_mono", "vfa_multi"})
+
+
+def _entry(status="ok", steps=(("read", "ran"), ("gate", "ran"), ("engine", "ran")), configured=("gate", "engine")):
+    trace = {"configured": list(configured), "steps": [{"name": n, "outcome": o} for n, o in steps]}
+    return {"pair": "0002_0000<--0001_0000", "status": status, "message": "", "cross_contrast": False, "trace": trace}
+
+
+def test_an_ok_cpu_pair_on_gate_and_engine_passes_the_run_report_check(validate):
+    assert validate.check_run_report([_entry()], gpu=False, available=NONE) == []
+    assert validate.check_run_report([_entry()], gpu=False, available=ALL_WEIGHTS) == []  # CPU: weights unused
+
+
+def test_a_degraded_pair_fails_the_run_report_check(validate):
+    entry = _entry(status="degraded")
+    entry["message"] = "engine skipped: engine ran 0 iterations"
+    problems = validate.check_run_report([entry], gpu=False, available=NONE)
+    assert any("status degraded (engine skipped" in p for p in problems)
+
+
+def test_a_path_other_than_the_expected_one_fails(validate):
+    fallback = _entry(steps=(("gate", "ran"), ("vfa", "failed"), ("engine", "fallback")))
+    problems = validate.check_run_report([fallback], gpu=True, available=ALL_WEIGHTS)
+    assert any("path gate+engine is not the expected gate+vfa+cascade" in p for p in problems)
+    cpu_cascade = _entry(steps=(("gate", "ran"), ("engine", "ran"), ("cascade", "ran")))
+    assert validate.check_run_report([cpu_cascade], gpu=False, available=NONE)
+
+
+def test_expected_path_per_device_contrast_and_weights(validate):
+    assert validate.expected_path(False, True, ALL_WEIGHTS) == ("gate", "engine")
+    assert validate.expected_path(True, True, ALL_WEIGHTS) == ("gate", "brainid", "vfa", "cascade")
+    assert validate.expected_path(True, False, NONE) == ("gate", "engine", "cascade")
+
+
+def test_stdout_lines_stand_in_for_a_missing_report(validate):
+    text = (
+        "caio predict: 2 pairs\n"
+        "[1/2] 3454_0000<--3455_0000 ok gate=0.812:same path=gate+engine steps=140 41.2s peak=900MB device=cpu -> x\n"
+        "[2/2] 3454_0000<--4033_0001 degraded gate=0.301:cross path=gate+identity steps=- 59.0s peak=900MB"
+        " device=cpu -> y | engine skipped: engine ran 0 iterations\n"
+    )
+    entries = validate.parse_pair_lines(text)
+    assert [(e["status"], e["path"], e["cross_contrast"]) for e in entries] == [
+        ("ok", "gate+engine", False),
+        ("degraded", "gate+identity", True),
+    ]
+    problems = validate.check_run_report(entries, gpu=False, available=NONE)
+    assert len(problems) == 2 and all(p.startswith("3454_0000<--4033_0001") for p in problems)
+    assert validate.check_run_report([], gpu=False, available=NONE)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from caio.cli import main as caio_main
 from caio.errors import CaioInputError
+from caio.weights import checkpoints
 from caio.weights import fetch as fetching
 from caio.weights import manifest
 
@@ -319,3 +322,21 @@ def test_resolved_weights_load_and_predict_as_the_pipeline_calls_them(tmp_path):
     images = [torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(s)) * 255 for s in (1, 2)]
     disp = predict_displacement(model, *images)
     assert disp.shape == (1, 3, 32, 32, 32) and torch.isfinite(disp).all() and disp.abs().max() > 0
+
+
+# ------------------------------------------------------------------------------ torch version the loaders need
+def _torch_lower_bound(pyproject: str) -> tuple[int, ...]:
+    """The ``X.Y`` of ``"torch>=X.Y..."`` in pyproject's dependencies."""
+    match = re.search(r'^\s*"torch\s*>=\s*([0-9]+(?:\.[0-9]+)*)[^"]*"', pyproject, re.MULTILINE)
+    assert match, "pyproject.toml: no torch lower bound in the dependencies"
+    return tuple(int(p) for p in match.group(1).split("."))
+
+
+def test_torch_lower_bound_covers_the_loaders_needs(repo_dir):
+    """``torch.serialization.safe_globals`` (used by load_checkpoint) exists from torch 2.5 on."""
+    bound = _torch_lower_bound((repo_dir / "pyproject.toml").read_text())
+    assert bound >= checkpoints.TORCH_MIN_VERSION, f"pyproject allows torch {bound}, the loaders need {checkpoints.TORCH_MIN_VERSION}"
+    assert checkpoints.TORCH_MIN_VERSION >= (2, 5)  # the release that introduced safe_globals
+    installed = tuple(int(p) for p in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    assert installed >= checkpoints.TORCH_MIN_VERSION and hasattr(torch.serialization, "safe_globals")
+    assert _torch_lower_bound('deps = [\n    "torch>=2.1,<3",\n]') == (2, 1)  # the parser reads what it should

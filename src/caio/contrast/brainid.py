@@ -49,7 +49,15 @@ import torch.nn.functional as F
 from caio.contrast.brainid_net import BrainID, SingleConv, load_brainid
 from caio.device import autocast
 
-__all__ = ["BrainID", "BrainIDConfig", "BrainIDDeadlineError", "load_brainid", "run_network", "synthesize_t1", "tiled_image"]
+__all__ = [
+    "BrainID",
+    "BrainIDConfig",
+    "BrainIDDeadlineError",
+    "load_brainid",
+    "run_network",
+    "synthesize_t1",
+    "tiled_image",
+]
 
 log = logging.getLogger(__name__)
 

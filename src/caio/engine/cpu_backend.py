@@ -65,7 +65,10 @@ class NumbaKernels:
             g = cpu_kernels.separable_filter(
                 g, _gaussian(settings.sigma_update), True, self.work.get("update", g.shape), self.work
             )
-        cpu_kernels.scale_to_max_norm(g, settings.step)
+        if settings.quantile >= 1.0:
+            cpu_kernels.scale_to_max_norm(g, settings.step)
+        else:
+            cpu_kernels.scale_to_quantile_norm(g, settings.step, settings.quantile, settings.clamp)
         u = _array(disp)
         smooth = settings.sigma_field > 0
         # the returned field must be a fresh array (the optimiser may keep it as the best one)

@@ -240,6 +240,39 @@ def _scale(field, factor):
                     field[c, i, j, k] *= factor
 
 
+@njit(cache=True, parallel=True, fastmath=True)
+def _scale_and_clamp(field, factor, max_length):
+    _, n0, n1, n2 = field.shape
+    limit = max_length * max_length
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = field[0, i, j, k] * factor
+                b = field[1, i, j, k] * factor
+                c = field[2, i, j, k] * factor
+                sq = a * a + b * b + c * c
+                if sq > limit:
+                    shrink = max_length / math.sqrt(sq)
+                    a, b, c = a * shrink, b * shrink, c * shrink
+                field[0, i, j, k] = a
+                field[1, i, j, k] = b
+                field[2, i, j, k] = c
+
+
+def scale_to_quantile_norm(field: np.ndarray, length: float, quantile: float, clamp: float) -> None:
+    """Scale ``(3, D0, D1, D2)`` in place so that the ``quantile`` of its vector lengths (over the
+    non-zero vectors, estimated on every 2nd voxel per axis) is ``length``; longer vectors are
+    clamped to ``clamp * length``."""
+    sample = field[:, ::2, ::2, ::2]
+    norms = np.sqrt((sample * sample).sum(axis=0)).ravel()
+    norms = norms[norms > 0]
+    if norms.size == 0:
+        return
+    top = float(np.quantile(norms, quantile))
+    if top > 0:
+        _scale_and_clamp(field, np.float32(length / top), np.float32(clamp * length))
+
+
 def scale_to_max_norm(field: np.ndarray, length: float) -> None:
     """Scale ``(3, D0, D1, D2)`` in place so that its longest vector is ``length`` (zero stays zero)."""
     top = math.sqrt(_max_squared_norm(field))

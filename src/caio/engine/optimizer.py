@@ -40,12 +40,18 @@ class LevelSettings:
         sigma_update: Gaussian smoothing of the update, voxels (0: none).
         sigma_field: Gaussian smoothing of the field after each update, voxels (0: none).
         compose: compose updates (diffeomorphic, Greedy's default) instead of adding them.
+        quantile: scale the update so that this quantile of its vector lengths is ``step``
+            (``1.0``: the longest vector, as Greedy); longer vectors are clamped to
+            ``clamp * step``.
+        clamp: see ``quantile``.
     """
 
     step: float = 1.0
     sigma_update: float = 1.5
     sigma_field: float = 0.5
     compose: bool = True
+    quantile: float = 1.0
+    clamp: float = 2.0
 
 
 @dataclass
@@ -118,8 +124,18 @@ class TorchKernels:
         ``settings.step`` voxels, compose (or add), smooth the field. Returns the new field."""
         if settings.sigma_update > 0:
             gradient = spatial.gaussian_blur(gradient, settings.sigma_update)
-        norm = float(gradient.square().sum(dim=1).max().sqrt())
-        step = gradient * (settings.step / norm) if norm > 0 else gradient
+        lengths = gradient.square().sum(dim=1).sqrt()
+        if settings.quantile >= 1.0:
+            top = float(lengths.max())
+        else:
+            sample = lengths[:, ::2, ::2, ::2]
+            sample = sample[sample > 0]
+            top = float(torch.quantile(sample.float(), settings.quantile)) if sample.numel() else 0.0
+        scale = settings.step / top if top > 0 else 0.0
+        step = gradient * scale
+        if settings.quantile < 1.0:  # clamp the long tail to clamp * step voxels
+            shrink = (settings.clamp * settings.step / (lengths * scale).clamp_min(1e-12)).clamp(max=1.0)
+            step = step * shrink.unsqueeze(1)
         disp = spatial.compose(disp, step) if settings.compose else disp + step
         return spatial.gaussian_blur(disp, settings.sigma_field) if settings.sigma_field > 0 else disp
 

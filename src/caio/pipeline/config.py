@@ -20,6 +20,10 @@ REFINES = ("auto", "cascade", "engine", "none")
 (the paper's instance optimisation, anywhere), ``engine`` (:func:`caio.engine.register` from the
 backbone's field) or ``none``."""
 
+CONTRASTS = ("auto", "brainid", "none")
+"""Cross-contrast handling: ``auto`` (Brain-ID on a GPU when its weights are present), ``brainid``
+(Brain-ID on any device, weights required to take effect) or ``none`` (never Brain-ID)."""
+
 DEFAULT_BUDGET_S = 60.0
 """Seconds per pair, reading and writing included, on every device: the challenge's minute."""
 
@@ -70,6 +74,7 @@ class PipelineConfig:
         weights_dir: folder searched by :func:`caio.weights.manifest.resolve` (``None``: its default).
         mode: :data:`MODES` (``"training-free"`` is accepted for ``"engine"``).
         refine: :data:`REFINES`.
+        contrast: :data:`CONTRASTS`.
         gate: ``None`` lets the gate decide; ``True``/``False`` forces cross-contrast on/off.
         steps: cascade steps per level (``None``: the cascade's default).
         seed: random seed of the cascade.
@@ -87,6 +92,7 @@ class PipelineConfig:
     weights_dir: Path | None = None
     mode: str = "auto"
     refine: str = "auto"
+    contrast: str = "auto"
     gate: bool | None = None
     steps: int | None = None
     seed: int = 0
@@ -104,6 +110,8 @@ class PipelineConfig:
             raise CaioInputError(f"mode '{self.mode}' is not one of {', '.join(MODES)}")
         if self.refine not in REFINES:
             raise CaioInputError(f"refine '{self.refine}' is not one of {', '.join(REFINES)}")
+        if self.contrast not in CONTRASTS:
+            raise CaioInputError(f"contrast '{self.contrast}' is not one of {', '.join(CONTRASTS)}")
         if self.budget_s is not None and not self.budget_s > 0:
             raise CaioInputError(f"budget {self.budget_s} s must be positive")
         if self.steps is not None and self.steps < 0:

@@ -63,13 +63,15 @@ class Models:
 def wanted_models(cfg: PipelineConfig, device: torch.device) -> list[tuple[str, str]]:
     """(weights role, :class:`Models` attribute) the configured path can use on ``device``.
 
-    GPU: Brain-ID and both VFAs unless ``mode="engine"``. CPU: the VFAs only when ``mode="vfa"``
-    forces them; Brain-ID never (218 s per volume there).
+    GPU: Brain-ID (unless ``contrast="none"``) and both VFAs unless ``mode="engine"``. CPU: the
+    VFAs only when ``mode="vfa"`` forces them, Brain-ID only when ``contrast="brainid"`` does
+    (218 s per volume there).
     """
     vfa = [("backbone_mono", "vfa_mono"), ("backbone_multi", "vfa_multi")]
+    brainid = [("contrast_adapter", "brainid")]
     if device.type == "cuda":
-        return [("contrast_adapter", "brainid")] + (vfa if cfg.mode != "engine" else [])
-    return vfa if cfg.mode == "vfa" else []
+        return (brainid if cfg.contrast != "none" else []) + (vfa if cfg.mode != "engine" else [])
+    return (brainid if cfg.contrast == "brainid" else []) + (vfa if cfg.mode == "vfa" else [])
 
 
 def load_models(cfg: PipelineConfig, device: torch.device | None = None) -> Models:

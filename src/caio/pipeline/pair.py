@@ -134,7 +134,7 @@ def register_tensors(
     score, cross, forced = run_gate(fixed, moving, pair, cfg, trace)
     result.gate_score, result.cross_contrast, result.gate_forced = score, cross, forced
     available = available_models(models)
-    plan = plan_pair(models.device.type, cross, available, cfg.mode, cfg.refine)
+    plan = plan_pair(models.device.type, cross, available, cfg.mode, cfg.refine, cfg.contrast)
     trace.configured = plan.steps
     active, fimg, mimg = plan, fixed, moving
     amp = autocast(models.device, "fp16" if low_memory else "fp32")

@@ -66,16 +66,20 @@ def available_models(models: Models) -> frozenset[str]:
     return frozenset(k for k in ("brainid", "vfa_mono", "vfa_multi") if getattr(models, k) is not None)
 
 
-def plan_pair(device_type: str, cross: bool, available: frozenset[str], mode: str, refine_mode: str) -> Plan:
+def plan_pair(
+    device_type: str, cross: bool, available: frozenset[str], mode: str, refine_mode: str, contrast: str = "auto"
+) -> Plan:
     """The path a pair must take (:class:`Plan`), by device type, contrast and weights present.
 
     GPU: gate -> Brain-ID (cross-contrast, weights present) -> VFA (weights present, else the
     engine) -> cascade (MIND-SSC similarity for a cross-contrast pair without Brain-ID).
     CPU: gate -> engine; with ``mode="vfa"``: gate -> VFA -> engine from VFA's field.
-    ``refine_mode`` other than ``auto`` replaces the refinement anywhere.
+    ``refine_mode`` other than ``auto`` replaces the refinement anywhere; ``contrast="brainid"``
+    asks for Brain-ID on any device, ``"none"`` never.
     """
     gpu = device_type == "cuda"
-    brainid = gpu and cross and "brainid" in available
+    wants_brainid = contrast == "brainid" or (contrast == "auto" and gpu)
+    brainid = wants_brainid and cross and "brainid" in available
     raw_cross = cross and not brainid
     vfa = None
     if mode == "vfa" or (gpu and mode == "auto"):

@@ -81,7 +81,7 @@ class PairTrace:
         return sum(counts) if counts else None
 
     def to_json(self) -> dict:
-        """JSON-ready form: ``{"configured": [...], "path": str, "steps": [{name, outcome, seconds, detail, info}]}``."""
+        """JSON-ready: ``{"configured": [...], "path": str, "steps": [{name, outcome, seconds, detail, info}]}``."""
         return {
             "configured": list(self.configured),
             "path": self.path,

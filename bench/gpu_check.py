@@ -1,0 +1,226 @@
+"""One-command GPU measurement (issue 15.4): every figure the README needs, in one JSON.
+
+``bench/gpu_check.sh`` runs this (full: CUDA, 160x224x192, about 5-8 minutes on one GPU);
+``--smoke`` runs the same sections on the CPU at tiny sizes in well under a minute, so a slow test
+keeps it from rotting. Sections: environment (torch, CUDA, GPU); VFA forward time and peak memory
+in float32/float16/bfloat16 (random weights); Brain-ID untiled (random weights); the engine
+(:func:`caio.engine.register`) and the cascade (:func:`caio.refine.cascade.refine`, 50 steps at the
+GPU stages) on one ``test_data`` pair; ``predict.py`` on ``test_data/`` at the default budget with
+``--report``. A failing section records its error and the others still run.
+
+    bash bench/gpu_check.sh                       # -> bench/out/gpu_check_<stamp>.json
+    python bench/gpu_check.py --smoke --out /tmp/smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "test_data"
+FULL_SHAPE = (160, 224, 192)
+SMOKE_SHAPE = (32, 48, 40)
+SECTIONS = ("environment", "vfa", "brainid", "engine", "cascade", "predict")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def environment(device: torch.device, **_) -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    info["device"] = str(device)
+    info["gpu"] = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    if device.type == "cuda":
+        info["gpu_memory_gb"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return info
+
+
+def vfa(device: torch.device, shape, **_) -> dict:
+    from caio.backbone.vfa import VFA, predict_displacement
+
+    torch.manual_seed(0)
+    model = VFA().eval().requires_grad_(False).to(device)
+    fixed, moving = ((torch.rand(1, 1, *shape) * 255).to(device) for _ in range(2))
+    rows = {}
+    for precision in ("fp32", "fp16", "bf16"):
+        try:
+            predict_displacement(model, fixed, moving, precision)  # warm-up (cuDNN autotune, allocator)
+            _reset_peak(device)
+            disp, seconds = _timed(lambda p=precision: predict_displacement(model, fixed, moving, p), device)
+            rows[precision] = {"seconds": seconds, "peak_gb": _peak_gb(device), "finite": bool(disp.isfinite().all())}
+        except Exception as err:  # e.g. bf16 unsupported, out of memory
+            rows[precision] = {"error": f"{type(err).__name__}: {err}"}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"shape": list(shape), **rows}
+
+
+def brainid(device: torch.device, shape, **_) -> dict:
+    from caio.contrast.brainid import run_network
+    from caio.contrast.brainid_net import BrainID
+
+    torch.manual_seed(0)
+    model = BrainID().eval().requires_grad_(False).to(device)
+    x = torch.rand(1, 1, *shape, device=device)
+    run_network(model, x[..., :32, :32, :32] if device.type == "cuda" else x)  # warm-up
+    _reset_peak(device)
+    out, seconds = _timed(lambda: run_network(model, x), device)
+    return {
+        "shape": list(shape),
+        "tiled": False,
+        "seconds": seconds,
+        "peak_gb": _peak_gb(device),
+        "out": list(out.shape),
+    }
+
+
+def _pair(shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``test_data`` pair, resized to ``shape`` when that is not its own."""
+    from caio.io import load_pairs, read_volume
+    from caio.spatial import resize_image
+
+    pair = load_pairs(TEST_DATA / "LUMIR25_dataset.json", TEST_DATA, check_files=False)[0]
+    images = [torch.from_numpy(read_volume(p, None))[None, None] for p in (pair.fixed, pair.moving)]
+    if tuple(images[0].shape[2:]) != tuple(shape):
+        images = [resize_image(i, shape) for i in images]
+    return images[0], images[1]
+
+
+def engine(device: torch.device, shape, **_) -> dict:
+    from caio.engine import register
+
+    fixed, moving = (t.to(device) for t in _pair(shape))
+    _reset_peak(device)
+    (disp, trace), seconds = _timed(lambda: register(fixed, moving, device=device), device)
+    return {
+        "shape": list(shape),
+        "seconds": seconds,
+        "peak_gb": _peak_gb(device),
+        "iterations": trace.iterations(),
+        "similarity_before": trace.similarity_before,
+        "similarity_after": trace.similarity_after,
+    }
+
+
+def cascade(device: torch.device, shape, smoke: bool, **_) -> dict:
+    from caio.refine.cascade import CascadeConfig, refine
+
+    fixed, moving = (t.to(device) for t in _pair(shape))
+    cfg = CascadeConfig(steps=3 if smoke else 50)  # the default stages are the GPU stages
+    init = torch.zeros(1, 3, *shape, device=device)
+    _reset_peak(device)
+    (_, report), seconds = _timed(lambda: refine(fixed, moving, init, cfg), device)
+    return {
+        "shape": list(shape),
+        "stage_factors": list(cfg.stage_factors),
+        "steps": report.steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(report.steps, 1),
+        "peak_gb": _peak_gb(device),
+    }
+
+
+def _tiny_dataset(folder: Path, shape) -> Path:
+    """``test_data``'s first pair resized to ``shape``, as a one-pair dataset."""
+    import nibabel as nib
+
+    fixed, moving = _pair(shape)
+    images = folder / "imagesVal"
+    images.mkdir(parents=True)
+    for name, image in (("LUMIRMRI_3454_0000.nii.gz", fixed), ("LUMIRMRI_3455_0000.nii.gz", moving)):
+        nib.save(nib.Nifti1Image(image[0, 0].numpy().astype(np.float32), np.eye(4)), str(images / name))
+    entry = {"fixed": "./imagesVal/LUMIRMRI_3454_0000.nii.gz", "moving": "./imagesVal/LUMIRMRI_3455_0000.nii.gz"}
+    (folder / "LUMIR25_dataset.json").write_text(json.dumps({"name": "LUMIR", "validation": [entry]}))
+    return folder / "LUMIR25_dataset.json"
+
+
+def predict(device: torch.device, shape, smoke: bool, **_) -> dict:
+    with tempfile.TemporaryDirectory(prefix="caio-gpu-check-") as tmp:
+        tmp = Path(tmp)
+        json_path = _tiny_dataset(tmp / "data", shape) if smoke else TEST_DATA / "LUMIR25_dataset.json"
+        cmd = [sys.executable, str(REPO / "predict.py"), "--json", str(json_path), "--input", str(json_path.parent)]
+        cmd += ["-o", str(tmp / "out"), "--report", str(tmp / "report.json"), "--device", str(device), "--no-progress"]
+        cmd += ["--shape", "any", "--budget-s", "5"] if smoke else []
+        start = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+        wall = time.monotonic() - start
+        report = json.loads((tmp / "report.json").read_text()) if (tmp / "report.json").is_file() else None
+    result = {"command": " ".join(cmd[1:]), "exit_code": done.returncode, "wall_s": wall, "report": report}
+    if report is None:
+        result["stderr_tail"] = done.stderr[-2000:]
+    return result
+
+
+RUNNERS = {
+    "environment": environment,
+    "vfa": vfa,
+    "brainid": brainid,
+    "engine": engine,
+    "cascade": cascade,
+    "predict": predict,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny sizes, 3 cascade steps (< 60 s)")
+    parser.add_argument("--device", default=None, help="default: cuda (full) or cpu (--smoke)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/out/gpu_check_<stamp>.json)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+    shape = SMOKE_SHAPE if args.smoke else FULL_SHAPE
+    out = args.out or REPO / "bench" / "out" / f"gpu_check_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    result: dict = {"smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    total = time.monotonic()
+    for name in args.sections:
+        start = time.monotonic()
+        try:
+            result[name] = RUNNERS[name](device=device, shape=shape, smoke=args.smoke)
+        except Exception as err:
+            result[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
+        result[name]["section_s"] = time.monotonic() - start
+        print(f"gpu_check: {name} done in {result[name]['section_s']:.1f} s", file=sys.stderr, flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))  # partial results survive a timeout
+    result["total_s"] = time.monotonic() - total
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(out)
+    return 0 if not any("error" in result[s] for s in args.sections) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# One command for every GPU figure (issue 15.4): writes ONE JSON, at most 8 minutes on one GPU.
+#   bash bench/gpu_check.sh                 # full: CUDA, 160x224x192 -> bench/out/gpu_check_<stamp>.json
+#   bash bench/gpu_check.sh --smoke         # CPU, tiny sizes, < 60 s (what the slow test runs)
+#   CAIO_GPU_CHECK_OUT=/tmp/x.json bash bench/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+args=("$@")
+if [[ -n "${CAIO_GPU_CHECK_OUT:-}" ]]; then args+=(--out "$CAIO_GPU_CHECK_OUT"); fi
+exec timeout --signal=TERM --kill-after=10 480 python bench/gpu_check.py "${args[@]}"
