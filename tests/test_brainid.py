@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from weights_recipe import BRAINID_EXTRA_HEAD, recipe_state, write_deterministic_weights
 
 from caio.contrast.brainid import BrainID, BrainIDConfig, load_brainid, synthesize_t1, tiled_image
 from caio.errors import CaioInputError
 from caio.weights.checkpoints import load_checkpoint
-from weights_recipe import BRAINID_EXTRA_HEAD, recipe_state, write_deterministic_weights
 
 
 @pytest.fixture(scope="module")

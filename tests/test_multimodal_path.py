@@ -13,9 +13,7 @@ every configured step ran, on the right inputs, and produced a valid field.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -47,21 +45,15 @@ def _small(volume: np.ndarray) -> np.ndarray:
 def _dataset(root: Path, pairs: list[tuple[str, str]]):
     for name in {n for pair in pairs for n in pair}:
         write_volume(root / "imagesVal" / f"LUMIRMRI_{name}.nii.gz", _small(small_volume(source_of(name))))
-    entries = [{"fixed": f"./imagesVal/LUMIRMRI_{f}.nii.gz", "moving": f"./imagesVal/LUMIRMRI_{m}.nii.gz"}
-               for f, m in pairs]
+    entries = [
+        {"fixed": f"./imagesVal/LUMIRMRI_{f}.nii.gz", "moving": f"./imagesVal/LUMIRMRI_{m}.nii.gz"} for f, m in pairs
+    ]
     (root / "dataset.json").write_text(json.dumps({"name": "LUMIR", "validation": entries}))
     return load_pairs(root / "dataset.json", root)
 
 
 def _forced_config(weights_dir: Path) -> PipelineConfig:
-    missing = [k for k in FORCED if k not in {f.name for f in dataclasses.fields(PipelineConfig)}]
-    if missing:
-        message = f"PipelineConfig lacks {missing}: the CPU cannot be told to run Brain-ID yet (pipeline owner)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.xfail(message)
-    return PipelineConfig(device="cpu", weights_dir=weights_dir, budget_s=600.0, steps=2, expected_shape=None,
-                          **FORCED)
+    return PipelineConfig(device="cpu", weights_dir=weights_dir, budget_s=600.0, steps=2, expected_shape=None, **FORCED)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +80,14 @@ def results(tmp_path_factory, cfg, models):
 
 def _names(result) -> list[str]:
     return [s.name for s in result.trace.steps]
+
+
+def test_pipeline_loads_the_written_vfa_checkpoints_on_the_cpu(weights):
+    """``mode="vfa"`` alone: both VFA files through :func:`load_models` (this part needs no Brain-ID switch)."""
+    models = load_models(PipelineConfig(device="cpu", weights_dir=weights["vfa_mono"].parent, mode="vfa"))
+    assert isinstance(models.vfa_mono, VFA) and isinstance(models.vfa_multi, VFA)
+    assert models.vfa_mono.config.input_scale == 1.0 and models.vfa_multi.config.input_scale == pytest.approx(1 / 255)
+    assert float(models.vfa_multi.decoder.beta) == 2.0  # the recipe's beta, not the default 0.1
 
 
 def test_pipeline_loads_the_written_official_checkpoints(models, weights):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from weights_recipe import recipe_state, write_deterministic_weights
 
 from caio import spatial
 from caio.backbone.vfa import VFA, VFAConfig, load_vfa, predict_displacement, upsample_grid
 from caio.backbone.vfa_blocks import NEIGHBOUR_OFFSETS, neighbourhood_attention
 from caio.errors import CaioInputError
-from weights_recipe import recipe_state, write_deterministic_weights
 
 
 # ------------------------------------------------------------------------------ fixture helpers

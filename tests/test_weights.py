@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from weights_recipe import ROLE_OF, write_deterministic_weights
 
 from caio.cli import main as caio_main
 from caio.errors import CaioInputError
-from caio.weights import checkpoints
+from caio.weights import checkpoints, manifest
 from caio.weights import fetch as fetching
-from caio.weights import manifest
 
 
 def _entry(name: str, role: str, file: str, sha: str | None, urls=("https://example.invalid/a",)) -> dict:
@@ -335,8 +335,19 @@ def _torch_lower_bound(pyproject: str) -> tuple[int, ...]:
 def test_torch_lower_bound_covers_the_loaders_needs(repo_dir):
     """``torch.serialization.safe_globals`` (used by load_checkpoint) exists from torch 2.5 on."""
     bound = _torch_lower_bound((repo_dir / "pyproject.toml").read_text())
-    assert bound >= checkpoints.TORCH_MIN_VERSION, f"pyproject allows torch {bound}, the loaders need {checkpoints.TORCH_MIN_VERSION}"
+    need = checkpoints.TORCH_MIN_VERSION
+    assert bound >= need, f"pyproject allows torch {bound}, the loaders need {need}"
     assert checkpoints.TORCH_MIN_VERSION >= (2, 5)  # the release that introduced safe_globals
     installed = tuple(int(p) for p in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
     assert installed >= checkpoints.TORCH_MIN_VERSION and hasattr(torch.serialization, "safe_globals")
     assert _torch_lower_bound('deps = [\n    "torch>=2.1,<3",\n]') == (2, 1)  # the parser reads what it should
+
+
+def test_deterministic_weights_are_found_by_role_under_their_official_names(tmp_path):
+    written = write_deterministic_weights(tmp_path, brainid=False)  # Brain-ID's file: tests/test_brainid.py
+    assert sorted(written) == ["vfa_mono", "vfa_multi"]
+    files = {e.role: e.file for e in manifest.load_manifest()}
+    for name, role in ROLE_OF.items():
+        found = manifest.resolve(role, tmp_path)
+        assert found == (written[name] if name in written else None), role
+        assert found is None or found.name == files[role]

@@ -36,7 +36,7 @@ import argparse
 import json
 import math
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ ROLE_OF = {"vfa_mono": "backbone_mono", "vfa_multi": "backbone_multi", "brainid"
 """Key of :func:`write_deterministic_weights`' result (= :class:`caio.pipeline.Models` attribute) -> manifest role."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def fixture_manifest(model: str) -> dict:
     """``tests/fixtures/<model>/weights_manifest.json``: keys in official order, shapes, seeds, scales, check sums."""
     if model not in MODELS:
@@ -88,15 +88,17 @@ def recipe_parameters(key: str, shape: tuple[int, ...]) -> tuple[float, float]:
     raise ValueError(f"no recipe rule for {key} {shape}")
 
 
-def recipe_tensor(seed: int, shape: tuple[int, ...], scale: float, offset: float,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def recipe_tensor(
+    seed: int, shape: tuple[int, ...], scale: float, offset: float, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """``offset + scale * randn(shape)`` from ``torch.Generator().manual_seed(seed)``, computed in float64."""
     z = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed)))
     return (offset + scale * z.to(torch.float64)).to(dtype)
 
 
-def recipe_state(model: str, dtype: torch.dtype = torch.float64,
-                 extra: dict[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+def recipe_state(
+    model: str, dtype: torch.dtype = torch.float64, extra: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, torch.Tensor]:
     """The state dict of ``model`` (``"vfa"`` or ``"brainid"``) by the recipe, in official key order.
 
     Seeds, scales and offsets come from :func:`recipe_parameters` and the sorted key order, and
@@ -115,7 +117,7 @@ def recipe_state(model: str, dtype: torch.dtype = torch.float64,
         scale, offset = recipe_parameters(key, shape)
         recorded = (entry["seed"], entry["scale"], entry["offset"])
         if not (seed == recorded[0] and math.isclose(scale, recorded[1], rel_tol=1e-12) and offset == recorded[2]):
-            raise AssertionError(f"recipe rule gives {(seed, scale, offset)} for {key}, the fixture manifest {recorded}")
+            raise AssertionError(f"recipe rule gives {(seed, scale, offset)} for {key}, the manifest {recorded}")
         state[key] = recipe_tensor(entry["seed"], shape, entry["scale"], entry["offset"], dtype)
     for i, (key, shape) in enumerate(sorted((extra or {}).items())):
         state[key] = recipe_tensor(SEED_BASE + len(entries) + i, shape, *recipe_parameters(key, shape), dtype)
@@ -128,8 +130,16 @@ def _file_of(role: str) -> str:
 
 
 def _vfa_optimizer_groups(state: dict) -> list[dict]:
-    return [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": True,
-             "params": list(range(len(state)))}]
+    return [
+        {
+            "lr": 1e-4,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0,
+            "amsgrad": True,
+            "params": list(range(len(state))),
+        }
+    ]
 
 
 def vfa_2024_checkpoint(state: dict[str, torch.Tensor]) -> dict:
@@ -138,24 +148,34 @@ def vfa_2024_checkpoint(state: dict[str, torch.Tensor]) -> dict:
         "epoch": 1000,
         "model_state_dict": state,
         "optimizer_state_dict": {"state": {}, "param_groups": _vfa_optimizer_groups(state)},
-        "scheduler_state_dict": {"milestones": Counter({1000: 1}), "gamma": 0.5, "base_lrs": [1e-4],
-                                 "last_epoch": 1000, "_step_count": 1001},
+        "scheduler_state_dict": {
+            "milestones": Counter({1000: 1}),
+            "gamma": 0.5,
+            "base_lrs": [1e-4],
+            "last_epoch": 1000,
+            "_step_count": 1001,
+        },
     }
 
 
 def vfa_2025_checkpoint(state: dict[str, torch.Tensor]) -> dict:
     """MIR (LUMIR25 multi-modal) layout: weights under ``state_dict``."""
-    return {"epoch": 500, "state_dict": state, "best_dsc": 0.77,
-            "optimizer": {"state": {}, "param_groups": _vfa_optimizer_groups(state)}}
+    return {
+        "epoch": 500,
+        "state_dict": state,
+        "best_dsc": 0.77,
+        "optimizer": {"state": {}, "param_groups": _vfa_optimizer_groups(state)},
+    }
 
 
 def brainid_checkpoint(state: dict[str, torch.Tensor]) -> dict:
     """Brain-ID training layout: weights under ``model``, config as a pickled ``argparse.Namespace``."""
-    args = argparse.Namespace(task="feat-anat", backbone="unet3d", f_maps=64, num_levels=5, lr=1e-4,
-                              out_channels={"image": 1, "seg": 33})
+    args = argparse.Namespace(
+        task="feat-anat", backbone="unet3d", f_maps=64, num_levels=5, lr=1e-4, out_channels={"image": 1, "seg": 33}
+    )
     return {
         "model": state,
-        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "weight_decay": 1e-4, "params": list(range(len(state)))}]},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "weight_decay": 1e-4, "params": [0]}]},
         "epoch": 120,
         "args": args,
         "best_val_stats": None,
@@ -163,7 +183,11 @@ def brainid_checkpoint(state: dict[str, torch.Tensor]) -> dict:
 
 
 def write_deterministic_weights(
-    folder: Path, *, vfa_mono: bool = True, vfa_multi: bool = True, brainid: bool = True,
+    folder: Path,
+    *,
+    vfa_mono: bool = True,
+    vfa_multi: bool = True,
+    brainid: bool = True,
     brainid_extra_head: bool = True,
 ) -> dict[str, Path]:
     """Write the recipe's float32 weights into ``folder`` under the official names and layouts.
@@ -184,8 +208,10 @@ def write_deterministic_weights(
     written: dict[str, Path] = {}
     if vfa_mono or vfa_multi:
         vfa_state = recipe_state("vfa", torch.float32)
-        for name, wanted, layout in (("vfa_mono", vfa_mono, vfa_2024_checkpoint),
-                                     ("vfa_multi", vfa_multi, vfa_2025_checkpoint)):
+        for name, wanted, layout in (
+            ("vfa_mono", vfa_mono, vfa_2024_checkpoint),
+            ("vfa_multi", vfa_multi, vfa_2025_checkpoint),
+        ):
             if wanted:
                 written[name] = folder / _file_of(ROLE_OF[name])
                 torch.save(layout(vfa_state), written[name])

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import torch
 
@@ -48,8 +48,9 @@ def load_checkpoint(path: str | os.PathLike, allowed_globals: Sequence[object] =
     return dict(obj)
 
 
-def extract_state_dict(checkpoint: Mapping, path: str | os.PathLike = "<checkpoint>",
-                       keys: Iterable[str] = STATE_DICT_KEYS) -> dict[str, torch.Tensor]:
+def extract_state_dict(
+    checkpoint: Mapping, path: str | os.PathLike = "<checkpoint>", keys: Iterable[str] = STATE_DICT_KEYS
+) -> dict[str, torch.Tensor]:
     """The tensor dict inside a checkpoint: under the first of ``keys`` present, or the checkpoint itself.
 
     A ``module.`` prefix (from ``DataParallel``) is removed.
@@ -64,7 +65,7 @@ def extract_state_dict(checkpoint: Mapping, path: str | os.PathLike = "<checkpoi
     if not tensors:
         raise CaioInputError(f"{path}: no tensors found (looked under {', '.join(keys)} and the top level)")
     if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -102,13 +103,15 @@ def load_into(
             parts.append(_first_keys(unexpected, "unexpected"))
         raise CaioInputError(f"{path}: does not fit {type(module).__name__}: {'; '.join(parts)}")
     if unexpected:
-        log.info("%s: %s not used by %s: ignored", path, _first_keys(unexpected, "unexpected", 10),
-                 type(module).__name__)
+        log.info(
+            "%s: %s not used by %s: ignored", path, _first_keys(unexpected, "unexpected", 10), type(module).__name__
+        )
         state = {k: v for k, v in state.items() if k in expected}
     for key, ref in expected.items():
         if tuple(state[key].shape) != tuple(ref.shape):
             raise CaioInputError(
-                f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}")
+                f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}"
+            )
         if not torch.isfinite(state[key]).all():
             raise CaioInputError(f"{path}: tensor '{key}' contains NaN or infinite values")
     module.load_state_dict(state, strict=True)
