@@ -129,13 +129,12 @@ class EngineTrace:
 
 
 def _scale_intensity(image: torch.Tensor) -> torch.Tensor:
-    """Divide by the 99.5th percentile of the non-zero voxels (robust to bright outliers)."""
-    values = image.flatten()
+    """Divide by the 99.5th percentile of the non-zero voxels (robust to bright outliers),
+    estimated on every 3rd voxel per axis."""
+    values = image[..., ::3, ::3, ::3].flatten()
     values = values[values > 0]
     if values.numel() == 0:
         return image
-    if values.numel() > 1_000_000:
-        values = values[:: values.numel() // 1_000_000 + 1]
     top = float(torch.quantile(values.float(), 0.995))
     return image / top if top > 0 else image
 
@@ -153,12 +152,12 @@ def foreground_box(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> tu
     Skull-stripped brains fill about half of the LUMIR grid, so registering inside this box
     halves the work; the background outside it carries no similarity signal.
     """
-    mask = (fixed[0, 0] > 0) | (moving[0, 0] > 0)
+    brightest = torch.maximum(fixed[0, 0], moving[0, 0])
     box = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
-        hits = torch.nonzero(mask.any(dim=others[1]).any(dim=others[0])).flatten()
-        n = mask.shape[axis]
+        hits = torch.nonzero(brightest.amax(dim=others) > 0).flatten()
+        n = brightest.shape[axis]
         if hits.numel() == 0:
             box.append(slice(0, n))
             continue
@@ -174,18 +173,20 @@ def _uncrop(disp: torch.Tensor, box: tuple[slice, slice, slice], shape: tuple[in
     return F.pad(disp, pad, mode="replicate") if any(pad) else disp
 
 
-def _pyramid(image: torch.Tensor, factors: tuple[int, ...]) -> dict[int, torch.Tensor]:
-    """Images on each level's grid, each level made from the next finer one (cheap blurs)."""
+def _pyramid(image: torch.Tensor, factors: tuple[int, ...], kernels) -> dict[int, torch.Tensor]:
+    """Images on each level's grid, each made from the next finer one: a Gaussian blur of
+    ``sigma = 0.5 * step`` voxels (the step between the two grids, by ``kernels``, the fast
+    path on the CPU), then trilinear resampling (:func:`caio.spatial.resize_image`)."""
     out: dict[int, torch.Tensor] = {1: image}
     current, current_factor = image, 1
     for factor in sorted(set(factors)):
         if factor == 1:
             continue
         shape = spatial.scaled_shape(image.shape[2:], factor)
-        current = spatial.resize_image(current, shape)
+        blurred = kernels.smooth(current, 0.5 * factor / current_factor)
+        current = spatial.resize_image(blurred, shape, antialias=False)
         current_factor = factor
         out[factor] = current
-    del current_factor
     return out
 
 
@@ -262,9 +263,6 @@ def register(
     crop_shape = tuple(fixed.shape[2:])
     trace = EngineTrace(similarity=kind)
     factors, wanted = (cfg.mind_factors, cfg.mind_iterations) if kind == "mind" else (cfg.factors, cfg.iterations)
-    fixed_levels, moving_levels = _pyramid(fixed, factors), _pyramid(moving, factors)
-    shapes = [tuple(fixed_levels[f].shape[2:]) for f in factors]
-    voxels = [int(torch.Size(s).numel()) for s in shapes]
     feature_cost = 12.0 if kind == "mind" else 1.0  # MIND: 12 channels to warp and differentiate
     if device.type == "cpu" and cfg.cpu_kernels:
         kernels = NumbaKernels(kind, cfg.radius, cfg.eps, cfg.warped_gradient)
@@ -272,6 +270,9 @@ def register(
         kernels = TorchKernels(ssd_and_gradient)
     else:
         kernels = TorchKernels(partial(lncc_and_gradient, radius=cfg.radius, eps=cfg.eps, squared=kind == "lncc2"))
+    fixed_levels, moving_levels = _pyramid(fixed, factors, kernels), _pyramid(moving, factors, kernels)
+    shapes = [tuple(fixed_levels[f].shape[2:]) for f in factors]
+    voxels = [int(torch.Size(s).numel()) for s in shapes]
     cost = CostModel(cfg.prior_seconds_per_voxel * feature_cost)
 
     disp = None if init is None else init.to(device, torch.float32)

@@ -57,6 +57,10 @@ class NumbaKernels:
             sim, field = cpu_kernels.ssd_displacement_gradient(_array(fixed), _array(moving), _array(disp), self.work)
         return sim, _tensor(field)
 
+    def smooth(self, image: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Gaussian blur (replicate padding), as :func:`caio.spatial.gaussian_blur`."""
+        return _tensor(cpu_kernels.separable_filter(_array(image), _gaussian(sigma), True))
+
     def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
         """Same step as :meth:`caio.engine.optimizer.TorchKernels.update`, without PyTorch
         operations (whose thread pool would compete with Numba's on a small CPU)."""

@@ -119,6 +119,10 @@ class TorchKernels:
         sim, sim_grad = self.similarity(fixed, warped)
         return sim, displacement_gradient(sim_grad, warped)
 
+    def smooth(self, image: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Gaussian blur (replicate padding), as :func:`caio.spatial.gaussian_blur`."""
+        return spatial.gaussian_blur(image, sigma)
+
     def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
         """One regularised step: smooth the gradient, scale its longest vector to
         ``settings.step`` voxels, compose (or add), smooth the field. Returns the new field."""
