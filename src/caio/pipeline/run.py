@@ -10,8 +10,9 @@ memory stays bounded to about three pairs. A read error skips only that pair, a 
 fails only that pair (its temporary file removed). Results are reported (``on_result``) in input
 order, each once its output is on disk; the run returns after the last write.
 
-Models are loaded once, when the first pair needs them (not at all when ``resume`` keeps every
-pair); that one-off time is :attr:`RunSummary.model_loading_s`, outside every pair's clock.
+Models are loaded once: while the first pair is read, or with ``resume`` when the first pair needs
+them (not at all when ``resume`` keeps every pair); that one-off time is
+:attr:`RunSummary.model_loading_s`, outside every pair's clock.
 A pair's clock starts when it begins waiting for its volumes: ``PairResult.seconds`` counts that
 wait, the registration and the hand-off of its output to the writer; ``io_wait_s`` is the
 waiting part; ``write_s`` the background write.
@@ -218,6 +219,16 @@ def run(
         if on_result is not None:
             on_result(result)
 
+    def ensure_models() -> Models:
+        nonlocal models
+        if models is None:
+            load_start = time.monotonic()
+            models = load_models(cfg)
+            summary.model_loading_s = time.monotonic() - load_start
+            if on_models_loaded is not None:
+                on_models_loaded(summary.model_loading_s)
+        return models
+
     def collect_write() -> None:
         nonlocal pending
         if pending is not None:
@@ -227,9 +238,11 @@ def run(
     try:
         next_read: Future | None = None
         for index, pair in enumerate(progress(pairs) if progress else pairs):
-            wait_start = time.monotonic()
             if next_read is None:  # the first pair, or no overlap: read it now
                 next_read = reader.submit(_prepare, pair, cfg, out_dir, resume)
+            if index == 0 and overlap and not resume:
+                ensure_models()  # while the first pair is read (with resume: only once a pair needs them)
+            wait_start = time.monotonic()
             prepared, next_read = next_read.result(), None
             read_wait = time.monotonic() - wait_start
             if overlap and index + 1 < len(pairs):
@@ -244,14 +257,9 @@ def run(
                 result.seconds = result.io_wait_s = read_wait
                 finish(result)
                 continue
-            if models is None:
-                load_start = time.monotonic()
-                models = load_models(cfg)
-                summary.model_loading_s = time.monotonic() - load_start
-                if on_models_loaded is not None:
-                    on_models_loaded(summary.model_loading_s)
+            ensure_models()
             clock_start = time.monotonic() - read_wait  # model loading is outside the pair's clock
-            result = register_pair(pair, cfg, models, volumes=prepared.volumes, clock_start=clock_start)
+            result = register_pair(pair, cfg, ensure_models(), volumes=prepared.volumes, clock_start=clock_start)
             volumes = prepared.volumes if qc_path is not None else None
             prepared = None
             hand_start = time.monotonic()
