@@ -17,10 +17,11 @@ from pipeline_data import SHAPE, make_dataset
 from caio.backbone.vfa import VFA, VFAConfig
 from caio.contrast.brainid import BrainIDDeadlineError, synthesize_t1
 from caio.contrast.brainid_net import BrainID
+from caio.engine.api import CROSS_CONTRAST_SIMILARITY
 from caio.errors import CaioInputError
 from caio.io import load_pairs, validate_displacement_file
 from caio.pipeline import Models, PairTrace, PipelineConfig, load_models, register_pair, run
-from caio.pipeline.config import CROSS_CONTRAST_SIMILARITY, DEFAULT_BUDGET_S, budget_for
+from caio.pipeline.config import DEFAULT_BUDGET_S, budget_for
 from caio.pipeline.pair import run_with_retries
 from caio.pipeline.stages import plan_pair, run_brainid
 

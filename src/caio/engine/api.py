@@ -36,6 +36,10 @@ from caio.engine.similarity import lncc_and_gradient, ssd_and_gradient
 log = logging.getLogger(__name__)
 
 SIMILARITIES = ("auto", "lncc", "lncc2", "mind")
+SAME_CONTRAST_SIMILARITY = "lncc"
+CROSS_CONTRAST_SIMILARITY = "lncc2"
+"""What ``similarity="auto"`` (and the pipeline) use for a cross-contrast pair: squared LNCC beat MIND-SSC
+on the LUMIR-like T1 <- T2-/FLAIR-like pairs (Dice 0.624 vs 0.598, ``bench/README.md``)."""
 
 
 @dataclass(frozen=True)
@@ -191,15 +195,17 @@ def _pyramid(image: torch.Tensor, factors: tuple[int, ...], kernels) -> dict[int
 
 
 def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tensor) -> str:
-    """``"auto"``: the contrast gate (:mod:`caio.contrast.gate`) picks ``"mind"`` for a
-    cross-contrast pair and ``"lncc"`` otherwise; other values are returned unchanged."""
+    """``"auto"``: the contrast gate (:mod:`caio.contrast.gate`) picks :data:`CROSS_CONTRAST_SIMILARITY`
+    for a cross-contrast pair and :data:`SAME_CONTRAST_SIMILARITY` otherwise; other values are
+    returned unchanged."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity '{similarity}' is not one of {', '.join(SIMILARITIES)}")
     if similarity != "auto":
         return similarity
     from caio.contrast.gate import GateConfig, decide
 
-    return "mind" if decide(fixed, moving, GateConfig()).cross_contrast else "lncc"
+    cross = decide(fixed, moving, GateConfig()).cross_contrast
+    return CROSS_CONTRAST_SIMILARITY if cross else SAME_CONTRAST_SIMILARITY
 
 
 def warm_up() -> float:

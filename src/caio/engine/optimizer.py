@@ -47,7 +47,7 @@ class LevelSettings:
     """
 
     step: float = 1.0
-    sigma_update: float = 1.5
+    sigma_update: float = 1.0
     sigma_field: float = 0.5
     compose: bool = True
     quantile: float = 1.0

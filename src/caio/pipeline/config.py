@@ -27,10 +27,6 @@ CONTRASTS = ("auto", "brainid", "none")
 DEFAULT_BUDGET_S = 60.0
 """Seconds per pair, reading and writing included, on every device: the challenge's minute."""
 
-SAME_CONTRAST_SIMILARITY = "lncc"
-CROSS_CONTRAST_SIMILARITY = "lncc2"
-"""Engine similarity for a cross-contrast pair without Brain-ID (``"lncc2"``: squared LNCC, cheap;
-``"mind"``: MIND-SSC descriptors). One constant, changed after measuring."""
 
 LUMIR_VOXELS = 160 * 224 * 192
 STEP_SECONDS_PER_VOXEL: dict[str, dict[str, float]] = {

@@ -25,13 +25,9 @@ from caio.contrast.gate import GateConfig, decide
 from caio.contrast.mind import mind_ssc
 from caio.device import is_oom
 from caio.engine import register as engine_register
+from caio.engine.api import CROSS_CONTRAST_SIMILARITY, SAME_CONTRAST_SIMILARITY
 from caio.io import Pair
-from caio.pipeline.config import (
-    CROSS_CONTRAST_SIMILARITY,
-    SAME_CONTRAST_SIMILARITY,
-    PipelineConfig,
-    estimated_seconds,
-)
+from caio.pipeline.config import PipelineConfig, estimated_seconds
 from caio.pipeline.models import Models
 from caio.pipeline.trace import PairTrace
 from caio.refine.cascade import CascadeConfig, refine
