@@ -17,6 +17,7 @@ ENV PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/caio-cache/matplotlib \
     TORCH_HOME=/tmp/caio-cache/torch \
     XDG_CACHE_HOME=/tmp/caio-cache \
+    NUMBA_CACHE_DIR=/app/numba-cache \
     CAIO_WEIGHTS=/app/weights
 WORKDIR /app
 
@@ -31,7 +32,9 @@ COPY src /tmp/caio-src/src
 RUN set -eu; cd /tmp/caio-src; touch README.md; \
     python -m pip install --no-deps --no-build-isolation . 2>/dev/null || python -m pip install --no-deps . ; \
     cd /; rm -rf /tmp/caio-src; \
-    python -c "import caio.pipeline, caio.cli.predict, torch; print('caio ready, torch', torch.__version__)"
+    python -c "import caio.pipeline, caio.cli.predict, torch; print('caio ready, torch', torch.__version__)"; \
+    python -c "from caio.engine import warm_up; print('engine CPU kernels compiled in %.1f s' % warm_up())"; \
+    chmod -R a+rwX /app/numba-cache
 
 # weights/ always exists (weights/manifest.json is tracked); the checkpoints beside it are optional.
 COPY weights/ /app/weights/

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 import zlib
@@ -15,12 +14,12 @@ from _run_helpers import check_outputs_valid, dataset, expected_outputs, plain_d
 
 from caio.io import load_pairs
 from caio.io.atomic import read_nifti_descrip
-from caio.pipeline import PipelineConfig
+from caio.pipeline import PipelineConfig, RunSteps, run
 from caio.pipeline.models import Models
-from caio.pipeline.pair import PairResult
+from caio.pipeline.outputs import write_pair
+from caio.pipeline.pair import PairResult, load_pair_volumes
 from caio.pipeline.trace import PairTrace
 
-run_module = importlib.import_module("caio.pipeline.run")
 CFG = PipelineConfig(device="cpu", expected_shape=None, budget_s=5)
 
 
@@ -44,13 +43,18 @@ class FakeRegistration:
         disp = np.full((3, *fixed.shape), value, np.float32)
         return PairResult(pair=pair, status=status, disp=disp, trace=trace)
 
+    def steps(self, **other) -> RunSteps:
+        """Run steps with this double as the registration, CPU models and ``other`` steps (real ones by default)."""
+        return RunSteps(register=self, load_models=cpu_models, **other)
+
+
+def cpu_models(cfg, device=None) -> Models:
+    return Models(device=torch.device("cpu"))
+
 
 @pytest.fixture
-def fake(monkeypatch):
-    reg = FakeRegistration()
-    monkeypatch.setattr(run_module, "register_pair", reg)
-    monkeypatch.setattr(run_module, "load_models", lambda cfg, device=None: Models(device=torch.device("cpu")))
-    return reg
+def fake():
+    return FakeRegistration()
 
 
 def _pairs(tmp_path: Path, n: int):
@@ -62,7 +66,7 @@ def _pairs(tmp_path: Path, n: int):
 def test_results_come_in_input_order_and_files_record_their_status(tmp_path, fake, overlap):
     pairs = _pairs(tmp_path, 4)
     seen = []
-    summary = run_module.run(pairs, tmp_path / "out", CFG, on_result=seen.append, overlap=overlap)
+    summary = run(pairs, tmp_path / "out", CFG, on_result=seen.append, overlap=overlap, steps=fake.steps())
     assert [r.pair.key for r in seen] == [p.key for p in pairs] == [r.pair.key for r in summary.results]
     assert [r.status for r in seen] == ["ok"] * 4
     assert check_outputs_valid(tmp_path / "out", expected_outputs(4)) == []
@@ -73,16 +77,15 @@ def test_results_come_in_input_order_and_files_record_their_status(tmp_path, fak
     assert all(c["volumes"] and c["clock_start"] is not None for c in fake.calls)
 
 
-def test_reader_loads_the_next_pair_while_the_current_one_registers(tmp_path, monkeypatch, fake):
+def test_reader_loads_the_next_pair_while_the_current_one_registers(tmp_path, fake):
     pairs = _pairs(tmp_path, 3)
     read_started = {p.key: threading.Event() for p in pairs}
-    real_load = run_module.load_pair_volumes
 
     def load(pair, cfg):
         read_started[pair.key].set()
-        return real_load(pair, cfg)
+        return load_pair_volumes(pair, cfg)
 
-    monkeypatch.setattr(run_module, "load_pair_volumes", load)
+    steps = fake.steps(read=load)
     overlapped = []
 
     def on_start(pair):  # while pair i registers, pair i+1 is being read
@@ -91,7 +94,7 @@ def test_reader_loads_the_next_pair_while_the_current_one_registers(tmp_path, mo
             overlapped.append(read_started[pairs[i + 1].key].wait(timeout=5))
 
     fake.on_start = on_start
-    run_module.run(pairs, tmp_path / "out", CFG)
+    run(pairs, tmp_path / "out", CFG, steps=steps)
     assert overlapped == [True, True]
     for event in read_started.values():
         event.clear()
@@ -99,18 +102,17 @@ def test_reader_loads_the_next_pair_while_the_current_one_registers(tmp_path, mo
     fake.on_start = lambda pair: overlapped.append(
         any(read_started[p.key].wait(timeout=0.3) for p in pairs[[q.key for q in pairs].index(pair.key) + 1 :][:1])
     )
-    run_module.run(pairs, tmp_path / "out2", CFG, overlap=False)
+    run(pairs, tmp_path / "out2", CFG, overlap=False, steps=steps)
     assert overlapped == [False, False, False]
 
 
-def test_read_ahead_is_bounded_to_one_pair_and_one_pending_write(tmp_path, monkeypatch, fake):
+def test_read_ahead_is_bounded_to_one_pair_and_one_pending_write(tmp_path, fake):
     pairs = _pairs(tmp_path, 5)
     counts = {"loaded": 0, "started": 0, "max_ahead": 0, "writing": 0, "max_writing": 0}
     lock = threading.Lock()
-    real_load, real_write = run_module.load_pair_volumes, run_module.write_pair
 
     def load(pair, cfg):
-        out = real_load(pair, cfg)
+        out = load_pair_volumes(pair, cfg)
         with lock:
             counts["loaded"] += 1
             counts["max_ahead"] = max(counts["max_ahead"], counts["loaded"] - counts["started"])
@@ -122,7 +124,7 @@ def test_read_ahead_is_bounded_to_one_pair_and_one_pending_write(tmp_path, monke
             counts["max_writing"] = max(counts["max_writing"], counts["writing"])
         time.sleep(0.15)  # slower than a registration: the writer is the bottleneck
         try:
-            return real_write(result, disp, out_dir)
+            return write_pair(result, disp, out_dir)
         finally:
             with lock:
                 counts["writing"] -= 1
@@ -132,9 +134,7 @@ def test_read_ahead_is_bounded_to_one_pair_and_one_pending_write(tmp_path, monke
             counts["started"] += 1
 
     fake.on_start, fake.delay_s = on_start, 0.02
-    monkeypatch.setattr(run_module, "load_pair_volumes", load)
-    monkeypatch.setattr(run_module, "write_pair", write)
-    summary = run_module.run(pairs, tmp_path / "out", CFG)
+    summary = run(pairs, tmp_path / "out", CFG, steps=fake.steps(read=load, write=write))
     assert counts["max_ahead"] == 1 and counts["max_writing"] == 1
     # the run returned only after the last write: every file is there
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(expected_outputs(5))
@@ -145,7 +145,7 @@ def test_read_ahead_is_bounded_to_one_pair_and_one_pending_write(tmp_path, monke
 def test_a_read_error_skips_only_that_pair(tmp_path, fake):
     pairs = _pairs(tmp_path, 3)
     Path(pairs[1].moving).write_bytes(b"not a nifti")  # subject of pair 2's moving = pair 3's fixed
-    summary = run_module.run(pairs, tmp_path / "out", CFG)
+    summary = run(pairs, tmp_path / "out", CFG, steps=fake.steps())
     statuses = [r.status for r in summary.results]
     assert statuses[1] == "skipped" and statuses[0] == "ok"
     assert str(pairs[1].moving) in summary.results[1].message and "\n" not in summary.results[1].message
@@ -157,7 +157,7 @@ def test_a_write_error_fails_only_that_pair_and_leaves_no_temporary_file(tmp_pat
     pairs = _pairs(tmp_path, 3)
     out = tmp_path / "out"
     (out / expected_outputs(3)[1]).mkdir(parents=True)  # a folder where the file must go
-    summary = run_module.run(pairs, out, CFG)
+    summary = run(pairs, out, CFG, steps=fake.steps())
     assert [r.status for r in summary.results] == ["ok", "failed", "ok"]
     assert "cannot write output" in summary.results[1].message
     assert temporaries(out) == []
@@ -165,7 +165,7 @@ def test_a_write_error_fails_only_that_pair_and_leaves_no_temporary_file(tmp_pat
 
 
 def test_report_has_io_wait_write_seconds_and_model_loading_row(tmp_path, fake):
-    summary = run_module.run(_pairs(tmp_path, 2), tmp_path / "out", CFG)
+    summary = run(_pairs(tmp_path, 2), tmp_path / "out", CFG, steps=fake.steps())
     report = summary.to_json()
     assert report["model_loading"]["seconds"] is not None and report["model_loading"]["seconds"] >= 0
     for entry in report["pairs"]:
@@ -177,13 +177,13 @@ def test_resume_keeps_ok_outputs_and_redoes_degraded_or_unrecorded_ones(tmp_path
     pairs = _pairs(tmp_path, 3)
     out = tmp_path / "out"
     fake.degraded = (pairs[0].key,)
-    first = run_module.run(pairs, out, CFG)
+    first = run(pairs, out, CFG, steps=fake.steps())
     assert [r.status for r in first.results] == ["degraded", "ok", "ok"]
     assert read_nifti_descrip(out / expected_outputs(3)[0]) == "caio degraded fake"
     plain_displacement(out / expected_outputs(3)[2])  # valid, but says nothing about its status
     fake.degraded, fake.calls = (), []
     with caplog.at_level("INFO", logger="caio.pipeline.run"):
-        second = run_module.run(pairs, out, CFG, resume=True)
+        second = run(pairs, out, CFG, resume=True, steps=fake.steps())
     assert [r.status for r in second.results] == ["ok", "resumed", "ok"]
     assert [c["key"] for c in fake.calls] == [pairs[0].key, pairs[2].key]
     redo = [r.message for r in caplog.records if "resume: redo" in r.message]
@@ -191,13 +191,13 @@ def test_resume_keeps_ok_outputs_and_redoes_degraded_or_unrecorded_ones(tmp_path
     assert second.results[1].trace.steps[0].detail == "fake"  # the path recorded in the file
 
 
-def test_resume_with_every_output_done_loads_no_models(tmp_path, fake, monkeypatch):
+def test_resume_with_every_output_done_loads_no_models(tmp_path, fake):
     pairs = _pairs(tmp_path, 2)
-    run_module.run(pairs, tmp_path / "out", CFG)
+    run(pairs, tmp_path / "out", CFG, steps=fake.steps())
 
     def no_models(cfg, device=None):
         raise AssertionError("models loaded although every pair is resumed")
 
-    monkeypatch.setattr(run_module, "load_models", no_models)
-    summary = run_module.run(pairs, tmp_path / "out", CFG, resume=True)
+    steps = RunSteps(register=fake, load_models=no_models)
+    summary = run(pairs, tmp_path / "out", CFG, resume=True, steps=steps)
     assert [r.status for r in summary.results] == ["resumed", "resumed"] and summary.model_loading_s is None

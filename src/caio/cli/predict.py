@@ -38,7 +38,7 @@ from caio.cli.options import add_device, add_output, add_shape, examples
 from caio.errors import CaioInputError
 from caio.io import LUMIR_SHAPE, load_pairs, write_json_atomic
 from caio.io.atomic import remove_live_temporaries
-from caio.pipeline import PipelineConfig
+from caio.pipeline import PipelineConfig, RunSteps
 from caio.pipeline import run as run_pipeline
 
 T = TypeVar("T")
@@ -270,12 +270,13 @@ class exit_cleanly_on_signals:
             signal.signal(sig, handler)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, steps: RunSteps | None = None) -> int:
+    """Run ``predict`` with parsed ``args``; ``steps``: the pipeline's per-pair steps (``None``: the real ones)."""
     with exit_cleanly_on_signals():
-        return _run(args)
+        return _run(args, steps)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, steps: RunSteps | None = None) -> int:
     prepare_cache_env()  # before matplotlib is imported (by a QC picture)
     layout = detect_layout(json=args.json, input=args.input, output=args.output)
     pairs = load_pairs(layout.json, layout.input, keys=args.keys, check_files=False)
@@ -334,6 +335,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=progress,
             overlap=not args.no_overlap,
             on_models_loaded=on_models_loaded,
+            steps=steps,
         )
     if bar is not None:
         bar.close()
@@ -358,8 +360,13 @@ def _run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def main(argv: Sequence[str] | None = None, default_weights: Path | None = None) -> int:
-    """Entry point of ``predict.py``: caches first, then arguments, logging and the run."""
+def main(
+    argv: Sequence[str] | None = None, default_weights: Path | None = None, *, steps: RunSteps | None = None
+) -> int:
+    """Entry point of ``predict.py``: caches first, then arguments, logging and the run.
+
+    ``steps`` replaces the pipeline's per-pair steps (tools and tests; ``None``: the real ones).
+    """
     prepare_cache_env()
     parser = argparse.ArgumentParser(
         prog="predict.py",
@@ -379,7 +386,7 @@ def main(argv: Sequence[str] | None = None, default_weights: Path | None = None)
         datefmt="%H:%M:%S",
     )
     try:
-        return run(args)
+        return run(args, steps=steps)
     except CaioInputError as err:
         print(f"caio predict: error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ Imports go one way only: config, trace <- models <- stages <- pair <- run. What 
 from caio.pipeline.config import PipelineConfig
 from caio.pipeline.models import Models, load_models
 from caio.pipeline.pair import PairResult, register_pair
-from caio.pipeline.run import RunSummary, run
+from caio.pipeline.run import RunSteps, RunSummary, run
 from caio.pipeline.trace import PairTrace, StepRecord
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "PairResult",
     "PairTrace",
     "PipelineConfig",
+    "RunSteps",
     "RunSummary",
     "StepRecord",
     "load_models",

@@ -16,6 +16,9 @@ them (not at all when ``resume`` keeps every pair); that one-off time is
 A pair's clock starts when it begins waiting for its volumes: ``PairResult.seconds`` counts that
 wait, the registration and the hand-off of its output to the writer; ``io_wait_s`` is the
 waiting part; ``write_s`` the background write.
+
+The per-pair steps (read, register, write, load the models) are a :class:`RunSteps`; :func:`run`
+takes one (``steps=``), so a tool or a test passes its own instead of replacing module attributes.
 """
 
 from __future__ import annotations
@@ -45,6 +48,25 @@ log = logging.getLogger(__name__)
 
 GOOD_STATUSES = ("ok", "resumed")
 STATUSES = ("ok", "resumed", "skipped", "degraded", "failed")
+
+
+@dataclass(frozen=True)
+class RunSteps:
+    """The per-pair steps the run loop calls; tools and tests pass their own (same signatures).
+
+    Attributes:
+        read: ``(pair, cfg) -> (fixed, moving)`` float32 numpy (D0,D1,D2) volumes; raises
+            :class:`~caio.errors.CaioInputError` for a bad file (the pair is skipped).
+        register: ``(pair, cfg, models, *, volumes, clock_start) -> PairResult`` whose ``disp`` is
+            the [3,D0,D1,D2] float32 displacement in voxels (or ``None``).
+        write: ``(result, disp, out_dir) -> PairResult`` writes the outputs in the writer thread; never raises.
+        load_models: ``(cfg) -> Models``, called at most once per run.
+    """
+
+    read: Callable[[Pair, PipelineConfig], tuple[np.ndarray, np.ndarray]] = load_pair_volumes
+    register: Callable[..., PairResult] = register_pair
+    write: Callable[[PairResult, np.ndarray, Path], PairResult] = write_pair
+    load_models: Callable[[PipelineConfig], Models] = load_models
 
 
 @dataclass
@@ -96,8 +118,8 @@ class _Prepared:
     error_status: str = "skipped"
 
 
-def _prepare(pair: Pair, cfg: PipelineConfig, out_dir: Path, resume: bool) -> _Prepared:
-    """Reader job: keep the pair (``resume``) or read and check its two volumes. Never raises."""
+def _prepare(read: Callable, pair: Pair, cfg: PipelineConfig, out_dir: Path, resume: bool) -> _Prepared:
+    """Reader job: keep the pair (``resume``) or read and check its two volumes with ``read``. Never raises."""
     try:
         if resume:
             decision = resume_decision(pair, out_dir, cfg)
@@ -105,7 +127,7 @@ def _prepare(pair: Pair, cfg: PipelineConfig, out_dir: Path, resume: bool) -> _P
                 return _Prepared(resumed_path=decision.path)
             if decision.reason:
                 log.info("resume: redo %s (%s)", pair.key, decision.reason)
-        return _Prepared(volumes=load_pair_volumes(pair, cfg))
+        return _Prepared(volumes=read(pair, cfg))
     except CaioInputError as err:
         return _Prepared(error=str(err))
     except Exception as err:  # a bug, not the user's file: this pair fails, the others go on
@@ -129,14 +151,15 @@ class _Inline:
 
 
 def _write_job(
+    write: Callable[[PairResult, np.ndarray, Path], PairResult],
     result: PairResult,
     disp: np.ndarray,
     out_dir: Path,
     qc_dir: Path | None,
     volumes: tuple[np.ndarray, np.ndarray] | None,
 ) -> PairResult:
-    """Writer job: the outputs, then the QC pictures. Never raises."""
-    write_pair(result, disp, out_dir)
+    """Writer job: the outputs (``write``, a :attr:`RunSteps.write`), then the QC pictures. Never raises."""
+    write(result, disp, out_dir)
     if qc_dir is not None and result.status != "failed" and volumes is not None:
         _write_qc(result, disp, volumes, qc_dir)
     return result
@@ -176,6 +199,7 @@ def run(
     progress: Callable[[Iterable[Pair]], Iterable[Pair]] | None = None,
     overlap: bool = True,
     on_models_loaded: Callable[[float], None] | None = None,
+    steps: RunSteps | None = None,
 ) -> RunSummary:
     """Register every pair and write its outputs into ``out_dir``.
 
@@ -189,12 +213,14 @@ def run(
         progress: wraps the pair iterable (e.g. ``tqdm``).
         overlap: read the next pair and write the last one in background threads.
         on_models_loaded: called with the one-off model loading seconds.
+        steps: the per-pair steps (``None``: the real ones, ``RunSteps()``).
     Returns:
         The :class:`RunSummary`; the outputs of ``ok``/``degraded`` pairs are on disk.
     Raises:
         CaioInputError: the output path is a file, or the folder cannot be created or written.
     """
     start = time.monotonic()
+    steps = RunSteps() if steps is None else steps
     out_dir = Path(out_dir)
     qc_path = None if qc_dir is None else Path(qc_dir)
     check_output_folder(out_dir)
@@ -223,7 +249,7 @@ def run(
         nonlocal models
         if models is None:
             load_start = time.monotonic()
-            models = load_models(cfg)
+            models = steps.load_models(cfg)
             summary.model_loading_s = time.monotonic() - load_start
             if on_models_loaded is not None:
                 on_models_loaded(summary.model_loading_s)
@@ -239,14 +265,14 @@ def run(
         next_read: Future | None = None
         for index, pair in enumerate(progress(pairs) if progress else pairs):
             if next_read is None:  # the first pair, or no overlap: read it now
-                next_read = reader.submit(_prepare, pair, cfg, out_dir, resume)
+                next_read = reader.submit(_prepare, steps.read, pair, cfg, out_dir, resume)
             if index == 0 and overlap and not resume:
                 ensure_models()  # while the first pair is read (with resume: only once a pair needs them)
             wait_start = time.monotonic()
             prepared, next_read = next_read.result(), None
             read_wait = time.monotonic() - wait_start
             if overlap and index + 1 < len(pairs):
-                next_read = reader.submit(_prepare, pairs[index + 1], cfg, out_dir, resume)
+                next_read = reader.submit(_prepare, steps.read, pairs[index + 1], cfg, out_dir, resume)
             if prepared.resumed_path is not None or prepared.volumes is None:
                 collect_write()  # keep the input order
                 if prepared.volumes is None and prepared.resumed_path is None:
@@ -259,14 +285,14 @@ def run(
                 continue
             ensure_models()
             clock_start = time.monotonic() - read_wait  # model loading is outside the pair's clock
-            result = register_pair(pair, cfg, ensure_models(), volumes=prepared.volumes, clock_start=clock_start)
+            result = steps.register(pair, cfg, ensure_models(), volumes=prepared.volumes, clock_start=clock_start)
             volumes = prepared.volumes if qc_path is not None else None
             prepared = None
             hand_start = time.monotonic()
             collect_write()  # the previous write must be done before this one is handed over
             disp, result.disp = result.disp, None  # do not keep 80 MB per pair alive in the report
             if disp is not None:
-                pending = writer.submit(_write_job, result, disp, out_dir, qc_path, volumes)
+                pending = writer.submit(_write_job, steps.write, result, disp, out_dir, qc_path, volumes)
             now = time.monotonic()
             result.io_wait_s = read_wait + (now - hand_start)
             result.seconds = now - clock_start
