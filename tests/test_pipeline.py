@@ -184,7 +184,7 @@ def test_configured_path_per_device_and_weights(device, cross, available, mode, 
 
 def test_config_modes_refine_and_the_one_minute_default():
     assert PipelineConfig(mode="training-free").mode == "engine"
-    assert PipelineConfig(cascade=False).refine == "none" and PipelineConfig().refine == "auto"
+    assert PipelineConfig().refine == "auto"
     assert DEFAULT_BUDGET_S == 60.0 and budget_for(PipelineConfig(), CPU) == 60.0
     assert budget_for(PipelineConfig(budget_s=12.0), CPU) == 12.0
     for bad in (dict(mode="x"), dict(refine="always"), dict(budget_s=0)):

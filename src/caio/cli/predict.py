@@ -160,7 +160,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         default=_env("CAIO_WEIGHTS", None, env),
         help="weights folder (env CAIO_WEIGHTS; default: caio.weights' default)",
     )
-    g.add_argument("--report", type=Path, help="write a JSON run report here (default: none)")
+    g.add_argument(
+        "--report",
+        type=Path,
+        default=_env("CAIO_REPORT", None, env),
+        help="write a JSON run report here (env CAIO_REPORT; default: none)",
+    )
     g.add_argument("--qc", type=Path, metavar="DIR", help="write quality-control pictures of each pair into DIR")
     g.add_argument(
         "--key",
@@ -175,13 +180,27 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         "--budget-s",
         type=float,
         default=_env("CAIO_BUDGET_S", None, env),
-        help="seconds per pair, I/O included (env CAIO_BUDGET_S; default 60 on a GPU, 300 on the CPU)",
+        help="seconds per pair, reading and writing included (env CAIO_BUDGET_S; default 60)",
     )
     h.add_argument(
         "--mode",
-        choices=("auto", "vfa", "training-free"),
+        choices=("auto", "vfa", "engine", "training-free"),
         default=_env("CAIO_MODE", "auto", env),
-        help="backbone: VFA when weights exist (auto), VFA required, or training-free (env CAIO_MODE)",
+        help="backbone: auto (VFA on a GPU when its weights exist, else the engine), vfa (required), "
+        "engine (training-free; 'training-free' is an alias) (env CAIO_MODE)",
+    )
+    h.add_argument(
+        "--refine",
+        choices=("auto", "cascade", "engine", "none"),
+        default=_env("CAIO_REFINE", "auto", env),
+        help="instance optimisation after the backbone: auto (cascade on a GPU; on a CPU the engine after VFA, "
+        "nothing after the engine), or forced (env CAIO_REFINE)",
+    )
+    h.add_argument(
+        "--contrast",
+        choices=("auto", "brainid", "none"),
+        default="auto",
+        help="cross-contrast adapter: auto (Brain-ID on a GPU when its weights exist), brainid (any device), none",
     )
     h.add_argument(
         "--gate",
@@ -189,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         default="auto",
         help="cross-contrast handling: decided by the gate, forced on, or forced off",
     )
-    h.add_argument("--no-cascade", action="store_true", help="skip the instance-optimisation cascade")
+    h.add_argument("--no-cascade", action="store_true", help="same as --refine none")
     h.add_argument(
         "--steps",
         type=int,
@@ -290,7 +309,8 @@ def _run(args: argparse.Namespace, steps: RunSteps | None = None) -> int:
         weights_dir=args.weights,
         mode=args.mode,
         gate={"auto": None, "on": True, "off": False}[args.gate],
-        cascade=not args.no_cascade,
+        refine="none" if args.no_cascade else args.refine,
+        contrast=args.contrast,
         steps=args.steps,
         seed=args.seed,
         resample=args.resample,

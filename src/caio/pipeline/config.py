@@ -79,8 +79,6 @@ class PipelineConfig:
             as long as fixed and moving agree.
         identity_fallback: when every method fails on a pair, write a zero displacement
             (the evaluator aborts on a missing file) and report the pair as degraded.
-        cascade: deprecated, for callers of the old flag: ``False`` means ``refine="none"``;
-            ``None``/``True`` leave ``refine`` alone.
     """
 
     device: str = "auto"
@@ -95,13 +93,9 @@ class PipelineConfig:
     resample: bool = False
     expected_shape: tuple[int, int, int] | None = LUMIR_SHAPE
     identity_fallback: bool = True
-    cascade: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", MODE_ALIASES.get(self.mode, self.mode))
-        if self.cascade is False:
-            object.__setattr__(self, "refine", "none")
-        object.__setattr__(self, "cascade", None)
         if self.mode not in MODES:
             raise CaioInputError(f"mode '{self.mode}' is not one of {', '.join(MODES)}")
         if self.refine not in REFINES:
