@@ -49,7 +49,7 @@ class EngineConfig:
     Attributes:
         factors: pyramid levels, coarsest first, as grid-size divisors (1 = full resolution).
         iterations: iterations per level (same length as ``factors``).
-        radius: LNCC window half-width in voxels of each level (2 -> 5^3 window).
+        radius: LNCC window half-width in voxels of each level (3 -> 7^3 window).
         eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]).
         level: step and smoothing of every level (:class:`LevelSettings`).
         steps: largest update per iteration for each level (voxels of that level), overriding
@@ -72,7 +72,7 @@ class EngineConfig:
 
     factors: tuple[int, ...] = (4, 2, 1)
     iterations: tuple[int, ...] = (100, 50, 20)
-    radius: int = 2
+    radius: int = 3
     eps: float = 1e-3
     level: LevelSettings = field(default_factory=LevelSettings)
     steps: tuple[float, ...] | None = None
