@@ -12,6 +12,7 @@ import torch
 
 from caio import spatial
 from caio.engine import EngineConfig, register, warm_up
+from caio.engine import cpu_filters as cf
 from caio.engine import cpu_kernels as ck
 from caio.engine.cpu_backend import NumbaKernels
 from caio.engine.optimizer import LevelSettings, TorchKernels, optimise_level
@@ -56,10 +57,10 @@ def test_numba_warp_compose_blur_and_box_match_the_torch_reference():
     assert np.allclose(composed, spatial.compose(u, v)[0].numpy(), atol=1e-5)
     weights = spatial.gaussian_kernel1d(1.5).numpy()
     assert np.allclose(
-        ck.separable_filter(u[0].numpy(), weights, True), spatial.gaussian_blur(u, 1.5)[0].numpy(), atol=1e-5
+        cf.separable_filter(u[0].numpy(), weights, True), spatial.gaussian_blur(u, 1.5)[0].numpy(), atol=1e-5
     )
     ones = np.ones(5, np.float32)
-    assert np.allclose(ck.separable_filter(u[0].numpy(), ones, False), box_sum(u, 2)[0].numpy(), atol=1e-4)
+    assert np.allclose(cf.separable_filter(u[0].numpy(), ones, False), box_sum(u, 2)[0].numpy(), atol=1e-4)
 
 
 def test_warp_gradient_is_the_derivative_of_the_interpolated_image():

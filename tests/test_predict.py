@@ -11,7 +11,8 @@ from pathlib import Path
 import pipeline_data as data
 import pytest
 
-from caio.cli.predict import detect_layout, main, parse_shard, prepare_cache_env, select_shard
+from caio.cli.layout import detect_layout, parse_shard, prepare_cache_env, select_shard
+from caio.cli.predict import main
 from caio.errors import CaioInputError
 from caio.io import validate_displacement_file
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from caio import spatial
-from caio.engine import cpu_kernels
+from caio.engine import cpu_filters, cpu_kernels
 from caio.engine.optimizer import LevelSettings
 
 
@@ -36,7 +36,7 @@ class NumbaKernels:
         if similarity not in ("lncc", "lncc2", "mind"):
             raise ValueError(f"unknown similarity '{similarity}'")
         self.kind, self.radius, self.eps, self.warped_gradient = similarity, radius, eps, warped_gradient
-        self.work = cpu_kernels.Workspace()
+        self.work = cpu_filters.Workspace()
 
     def similarity_field(
         self, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
@@ -59,14 +59,14 @@ class NumbaKernels:
 
     def smooth(self, image: torch.Tensor, sigma: float) -> torch.Tensor:
         """Gaussian blur (replicate padding), as :func:`caio.spatial.gaussian_blur`."""
-        return _tensor(cpu_kernels.separable_filter(_array(image), _gaussian(sigma), True))
+        return _tensor(cpu_filters.separable_filter(_array(image), _gaussian(sigma), True))
 
     def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
         """Same step as :meth:`caio.engine.optimizer.TorchKernels.update`, without PyTorch
         operations (whose thread pool would compete with Numba's on a small CPU)."""
         g = _array(gradient)
         if settings.sigma_update > 0:
-            g = cpu_kernels.separable_filter(
+            g = cpu_filters.separable_filter(
                 g, _gaussian(settings.sigma_update), True, self.work.get("update", g.shape), self.work
             )
         if settings.quantile >= 1.0:
@@ -82,7 +82,7 @@ class NumbaKernels:
         else:
             np.add(u, g, out=out)
         if smooth:
-            out = cpu_kernels.separable_filter(out, _gaussian(settings.sigma_field), True, work=self.work)
+            out = cpu_filters.separable_filter(out, _gaussian(settings.sigma_field), True, work=self.work)
         return _tensor(out)
 
 

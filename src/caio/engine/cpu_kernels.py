@@ -21,6 +21,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from caio.engine.cpu_filters import Workspace, separable_filter
+
 
 @njit(cache=True, inline="always")
 def _corner(n: int, x: float) -> tuple[int, float, float]:
@@ -118,102 +120,6 @@ def compose_fields(u, v, out):
                     c0 = c00 + (c01 - c00) * fy
                     c1 = c10 + (c11 - c10) * fy
                     out[c, i, j, k] = v[c, i, j, k] + c0 + (c1 - c0) * fx
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _filter_axis0(src, dst, weights, replicate):
-    nc, n0, n1, n2 = src.shape
-    r = (weights.shape[0] - 1) // 2
-    for i in prange(n0):
-        for c in range(nc):
-            for j in range(n1):
-                for k in range(n2):
-                    dst[c, i, j, k] = 0.0
-            for t in range(-r, r + 1):
-                ii = i + t
-                if ii < 0 or ii >= n0:
-                    if not replicate:
-                        continue
-                    ii = min(max(ii, 0), n0 - 1)
-                w = weights[t + r]
-                for j in range(n1):
-                    for k in range(n2):
-                        dst[c, i, j, k] += w * src[c, ii, j, k]
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _filter_axis1(src, dst, weights, replicate):
-    nc, n0, n1, n2 = src.shape
-    r = (weights.shape[0] - 1) // 2
-    for i in prange(n0):
-        for c in range(nc):
-            for j in range(n1):
-                for k in range(n2):
-                    dst[c, i, j, k] = 0.0
-                for t in range(-r, r + 1):
-                    jj = j + t
-                    if jj < 0 or jj >= n1:
-                        if not replicate:
-                            continue
-                        jj = min(max(jj, 0), n1 - 1)
-                    w = weights[t + r]
-                    for k in range(n2):
-                        dst[c, i, j, k] += w * src[c, i, jj, k]
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _filter_axis2(src, dst, weights, replicate):
-    nc, n0, n1, n2 = src.shape
-    width = weights.shape[0]
-    r = (width - 1) // 2
-    for i in prange(n0):
-        row = np.empty(n2 + 2 * r, np.float32)  # the row with its padding: no branch in the inner loop
-        for c in range(nc):
-            for j in range(n1):
-                for k in range(n2):
-                    row[k + r] = src[c, i, j, k]
-                for t in range(r):
-                    row[t] = src[c, i, j, 0] if replicate else 0.0
-                    row[n2 + r + t] = src[c, i, j, n2 - 1] if replicate else 0.0
-                for k in range(n2):
-                    dst[c, i, j, k] = 0.0
-                for t in range(width):
-                    w = weights[t]
-                    for k in range(n2):
-                        dst[c, i, j, k] += w * row[k + t]
-
-
-class Workspace:
-    """Scratch arrays reused across iterations (fresh full-size allocations cost page faults)."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 array of ``shape`` owned by the workspace under ``name`` (contents undefined)."""
-        array = self._arrays.get(name)
-        if array is None or array.shape != shape:
-            array = np.empty(shape, np.float32)
-            self._arrays[name] = array
-        return array
-
-
-def separable_filter(
-    x: np.ndarray, weights: np.ndarray, replicate: bool, out: np.ndarray | None = None, work: Workspace | None = None
-) -> np.ndarray:
-    """Apply the odd-length 1-D kernel ``weights`` along each spatial axis of ``(C, D0, D1, D2)``.
-
-    ``replicate=True`` extends edge values (Gaussian smoothing, as :func:`caio.spatial.gaussian_blur`);
-    ``False`` treats the outside as zero (box sums, as :func:`caio.engine.similarity.box_sum`).
-    ``out`` (not ``x``) receives the result; ``work`` supplies the scratch array.
-    """
-    weights = np.ascontiguousarray(weights, dtype=np.float32)
-    a = np.empty_like(x) if out is None else out
-    b = np.empty_like(x) if work is None else work.get(f"filter{x.shape[0]}", x.shape)
-    _filter_axis0(x, a, weights, replicate)
-    _filter_axis1(a, b, weights, replicate)
-    _filter_axis2(b, a, weights, replicate)
-    return a
 
 
 @njit(cache=True, parallel=True, fastmath=True)
