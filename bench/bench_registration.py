@@ -565,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="JSON files of earlier runs whose rows are added to the table (methods not re-run)",
     )
+    p.add_argument("--table-only", action="store_true", help="print the table of the --reuse rows; run nothing")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--case", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.case, args.result, args.threads)
         return 0
-    methods = list(args.methods)
+    methods = [] if args.table_only else list(args.methods)
     if "caio_engine" in methods:
         try:
             from caio.engine import register  # noqa: F401
