@@ -50,6 +50,8 @@ class EngineConfig:
         factors: pyramid levels, coarsest first, as grid-size divisors (1 = full resolution).
         iterations: iterations per level (same length as ``factors``).
         radius: LNCC window half-width in voxels of each level (3 -> 7^3 window).
+        squared_radius: window half-width of the squared LNCC (``"lncc2"``, cross contrast): 2 (5^3)
+            was better there (Dice 0.611 vs 0.595 with 7^3 on a LUMIR-like T1 <- T2-like pair).
         eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]).
         level: step and smoothing of every level (:class:`LevelSettings`).
         steps: largest update per iteration for each level (voxels of that level), overriding
@@ -73,6 +75,7 @@ class EngineConfig:
     factors: tuple[int, ...] = (4, 2, 1)
     iterations: tuple[int, ...] = (100, 50, 20)
     radius: int = 3
+    squared_radius: int = 2
     eps: float = 1e-3
     level: LevelSettings = field(default_factory=LevelSettings)
     steps: tuple[float, ...] | None = None
@@ -270,12 +273,13 @@ def register(
     trace = EngineTrace(similarity=kind)
     factors, wanted = (cfg.mind_factors, cfg.mind_iterations) if kind == "mind" else (cfg.factors, cfg.iterations)
     feature_cost = 12.0 if kind == "mind" else 1.0  # MIND: 12 channels to warp and differentiate
+    radius = cfg.squared_radius if kind == "lncc2" else cfg.radius
     if device.type == "cpu" and cfg.cpu_kernels:
-        kernels = NumbaKernels(kind, cfg.radius, cfg.eps, cfg.warped_gradient)
+        kernels = NumbaKernels(kind, radius, cfg.eps, cfg.warped_gradient)
     elif kind == "mind":
         kernels = TorchKernels(ssd_and_gradient)
     else:
-        kernels = TorchKernels(partial(lncc_and_gradient, radius=cfg.radius, eps=cfg.eps, squared=kind == "lncc2"))
+        kernels = TorchKernels(partial(lncc_and_gradient, radius=radius, eps=cfg.eps, squared=kind == "lncc2"))
     fixed_levels, moving_levels = _pyramid(fixed, factors, kernels), _pyramid(moving, factors, kernels)
     shapes = [tuple(fixed_levels[f].shape[2:]) for f in factors]
     voxels = [int(torch.Size(s).numel()) for s in shapes]
