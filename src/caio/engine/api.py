@@ -341,6 +341,9 @@ def register(
             torch.zeros((1, 3, *shape), device=device) if init is None else spatial.resize_displacement(init, shape)
         )
         trace.similarity_before = kernels.similarity_field(f_img, m_img, start_field)[0]
+        if trace.similarity_after is None or trace.similarity_before >= trace.similarity_after:
+            # nothing beat the starting field (e.g. one iteration under a tight deadline): return it
+            disp, trace.similarity_after = start_field, trace.similarity_before
     disp = _uncrop(spatial.resize_displacement(disp, crop_shape), box, full_shape)
     trace.seconds = time.monotonic() - start
     return disp, trace
