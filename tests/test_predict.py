@@ -119,9 +119,9 @@ def test_caches_move_to_tmp_when_home_is_not_writable(tmp_path):
 SHAPE_ARGS = [str(n) for n in data.SHAPE]
 
 
-def _cli(tmp_path, spec, *extra, monkeypatch, capsys):
-    json_path = data.make_dataset(tmp_path / "data", spec)
-    argv = [
+def _argv(tmp_path, json_path, *extra, budget="3"):
+    """predict arguments for the tiny dataset under ``tmp_path`` (CPU, no progress bar)."""
+    return [
         "--json",
         str(json_path),
         "--input",
@@ -134,9 +134,14 @@ def _cli(tmp_path, spec, *extra, monkeypatch, capsys):
         "cpu",
         "--no-progress",
         "--budget-s",
-        "3",
+        budget,
         *extra,
     ]
+
+
+def _cli(tmp_path, spec, *extra, monkeypatch, capsys):
+    json_path = data.make_dataset(tmp_path / "data", spec)
+    argv = _argv(tmp_path, str(json_path), *extra)
     code = main(argv)
     return code, capsys.readouterr()
 
@@ -170,23 +175,7 @@ def test_predict_bad_pair_exit_nonzero_others_written(tmp_path, monkeypatch, cap
     data.write_volume(
         tmp_path / "data/imagesVal/LUMIRMRI_0003_0000.nii.gz", __import__("numpy").zeros((8, 8, 8), "float32")
     )
-    code = main(
-        [
-            "--json",
-            str(json_path),
-            "--input",
-            str(tmp_path / "data"),
-            "--output",
-            str(tmp_path / "out"),
-            "--shape",
-            *SHAPE_ARGS,
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--budget-s",
-            "3",
-        ]
-    )
+    code = main(_argv(tmp_path, str(json_path)))
     cap = capsys.readouterr()
     assert code == 1
     assert (tmp_path / "out/disp_0002_0001.nii.gz").is_file() and not (tmp_path / "out/disp_0003_0001.nii.gz").exists()
@@ -198,24 +187,7 @@ def test_predict_shard_and_resume(tmp_path, monkeypatch, capsys):
     spec = [("0002_0000", "0001_0000"), ("0003_0000", "0001_0000"), ("0004_0000", "0001_0000")]
     code, cap = _cli(tmp_path, spec, "--shard", "1/2", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["disp_0003_0001.nii.gz"]
-    code = main(
-        [
-            "--json",
-            str(tmp_path / "data/LUMIR25_dataset.json"),
-            "--input",
-            str(tmp_path / "data"),
-            "--output",
-            str(tmp_path / "out"),
-            "--shape",
-            *SHAPE_ARGS,
-            "--device",
-            "cpu",
-            "--budget-s",
-            "3",
-            "--no-progress",
-            "--resume",
-        ]
-    )
+    code = main(_argv(tmp_path, str(tmp_path / "data/LUMIR25_dataset.json"), "--resume"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert code == 0 and [line.split()[2] for line in lines] == ["ok", "resumed", "ok"]
 
@@ -250,25 +222,7 @@ def test_predict_py_without_dataset_prints_one_line_and_exits_2(tmp_path):
 
 def test_predict_with_the_real_modules_on_tiny_volumes(tmp_path, capsys):
     json_path = data.make_dataset(tmp_path / "data", [("0002_0000", "0003_0001")])
-    code = main(
-        [
-            "--json",
-            str(json_path),
-            "--input",
-            str(tmp_path / "data"),
-            "--output",
-            str(tmp_path / "out"),
-            "--shape",
-            *SHAPE_ARGS,
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--budget-s",
-            "4",
-            "--weights",
-            str(tmp_path / "no-weights"),
-        ]
-    )
+    code = main(_argv(tmp_path, str(json_path), "--weights", str(tmp_path / "no-weights"), budget="4"))
     out = capsys.readouterr().out
     assert code == 0, out
     assert validate_displacement_file(tmp_path / "out" / "disp_0002_0003.nii.gz", data.SHAPE) is None
@@ -281,25 +235,7 @@ def test_predict_qc_writes_pictures_per_pair(tmp_path, monkeypatch, capsys):
     labels = __import__("numpy").zeros(data.SHAPE, "uint8")
     labels[8:24, 8:24, 8:24] = 3
     data.write_volume(tmp_path / "data/labelsVal/LUMIRMRI_0002_0000.nii.gz", labels)
-    code = main(
-        [
-            "--json",
-            str(json_path),
-            "--input",
-            str(tmp_path / "data"),
-            "--output",
-            str(tmp_path / "out"),
-            "--shape",
-            *SHAPE_ARGS,
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--budget-s",
-            "3",
-            "--qc",
-            str(tmp_path / "qc"),
-        ]
-    )
+    code = main(_argv(tmp_path, str(json_path), "--qc", str(tmp_path / "qc")))
     assert code == 0
     pictures = sorted(p.name for p in (tmp_path / "qc").iterdir())
     assert pictures and all(p.startswith("disp_0002_0001") and p.endswith(".png") for p in pictures)
