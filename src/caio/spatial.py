@@ -50,6 +50,18 @@ def identity_grid(
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)[None]
 
 
+def check_image_pair(fixed: torch.Tensor, moving: torch.Tensor, finite: bool = False) -> None:
+    """Raise ``ValueError`` unless both images are ``[1, 1, D0, D1, D2]`` on the same grid
+    (and, with ``finite``, free of NaN and infinite values)."""
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        if image.dim() != 5 or image.shape[:2] != (1, 1):
+            raise ValueError(f"{name} must be [1, 1, D0, D1, D2], got {tuple(image.shape)}")
+        if finite and not torch.isfinite(image).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+    if fixed.shape != moving.shape:
+        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
+
+
 def voxel_to_normalized(grid: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Voxel coordinates to ``grid_sample`` coordinates.
 

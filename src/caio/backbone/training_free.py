@@ -266,11 +266,6 @@ def adam_refine(
         return spatial.gaussian_blur(param, cfg.adam_sigma) if cfg.adam_sigma > 0 else param.detach()
 
 
-def _check_input(image: torch.Tensor, name: str) -> None:
-    if image.dim() != 5 or image.shape[:2] != (1, 1):
-        raise ValueError(f"{name} must be [1, 1, D0, D1, D2], got {tuple(image.shape)}")
-
-
 def register_training_free(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -292,10 +287,7 @@ def register_training_free(
         (``warped(x) = moving(x + disp(x))``), on ``device``.
     """
     cfg = cfg or TrainingFreeConfig()
-    _check_input(fixed, "fixed")
-    _check_input(moving, "moving")
-    if fixed.shape != moving.shape:
-        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
+    spatial.check_image_pair(fixed, moving)
     device = torch.device(device) if device is not None else fixed.device
     shape = tuple(fixed.shape[2:])
     zero = torch.zeros((1, 3, *shape), device=device)

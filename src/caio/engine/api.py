@@ -146,13 +146,6 @@ def _scale_intensity(image: torch.Tensor) -> torch.Tensor:
     return image / top if top > 0 else image
 
 
-def _check(image: torch.Tensor, name: str) -> None:
-    if image.dim() != 5 or image.shape[:2] != (1, 1):
-        raise ValueError(f"{name} must be [1, 1, D0, D1, D2], got {tuple(image.shape)}")
-    if not torch.isfinite(image).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-
-
 def foreground_box(fixed: torch.Tensor, moving: torch.Tensor, margin: int) -> tuple[slice, slice, slice]:
     """Bounding box of the voxels that are non-zero in either image, grown by ``margin`` voxels.
 
@@ -253,10 +246,7 @@ def register(
     """
     start = time.monotonic()
     cfg = config or EngineConfig()
-    _check(fixed, "fixed")
-    _check(moving, "moving")
-    if fixed.shape != moving.shape:
-        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must share a grid")
+    spatial.check_image_pair(fixed, moving, finite=True)
     device = torch.device(device) if device is not None else fixed.device
     full_shape = tuple(fixed.shape[2:])
     fixed = _scale_intensity(fixed.to(device, torch.float32))
