@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -13,6 +14,7 @@ import torch
 from weights_recipe import ROLE_OF, write_deterministic_weights
 
 from caio.cli import main as caio_main
+from caio.cli import weights as weights_cli
 from caio.errors import CaioInputError
 from caio.weights import checkpoints, manifest
 from caio.weights import fetch as fetching
@@ -265,42 +267,48 @@ class _FakeGdown:
         ]
 
 
-def test_gdown_downloader_fetches_files_and_single_folder_members(tmp_path, monkeypatch):
-    import sys
-
+def test_gdown_downloader_fetches_files_and_single_folder_members(tmp_path):
     fake = _FakeGdown({"ID1": b"vfa", "ID3": b"brainid"}, [("ID2", "T1w.nii.gz"), ("ID3", "brain_id_pretrained.pth")])
-    monkeypatch.setitem(sys.modules, "gdown", fake)
-    fetching.gdown_download("https://drive.google.com/uc?id=ID1", tmp_path / "a.pth")
+    fetching.gdown_download("https://drive.google.com/uc?id=ID1", tmp_path / "a.pth", gdown=fake)
     assert (tmp_path / "a.pth").read_bytes() == b"vfa"
     fetching.gdown_download(
-        "https://drive.google.com/drive/folders/F", tmp_path / "b.pth", member="brain_id_pretrained.pth"
+        "https://drive.google.com/drive/folders/F", tmp_path / "b.pth", member="brain_id_pretrained.pth", gdown=fake
     )
     assert (tmp_path / "b.pth").read_bytes() == b"brainid"
     assert ("download", None, "ID2") not in fake.calls  # only the wanted member is downloaded
     with pytest.raises(CaioInputError, match="no file 'x.pth'"):
-        fetching.gdown_download("https://drive.google.com/drive/folders/F", tmp_path / "c.pth", member="x.pth")
+        fetching.gdown_download(
+            "https://drive.google.com/drive/folders/F", tmp_path / "c.pth", member="x.pth", gdown=fake
+        )
     with pytest.raises(CaioInputError, match="download failed"):
-        fetching.gdown_download("https://drive.google.com/uc?id=MISSING", tmp_path / "d.pth")
+        fetching.gdown_download("https://drive.google.com/uc?id=MISSING", tmp_path / "d.pth", gdown=fake)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth"]
 
 
-def test_gdown_missing_is_a_clear_input_error(tmp_path, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "gdown", None)  # import gdown -> ImportError
+def test_gdown_missing_is_a_clear_input_error():
+    assert fetching._import_gdown("json") is json  # an installed module is returned as is
     with pytest.raises(CaioInputError, match="gdown is not installed"):
-        fetching.gdown_download("https://drive.google.com/uc?id=X", tmp_path / "a.pth")
+        fetching._import_gdown("caio_no_such_module")
 
 
-def test_cli_fetch_continues_after_a_failure_and_exits_1(tmp_path, monkeypatch, capsys):
+def _weights_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed as ``caio weights`` parses it."""
+    parser = argparse.ArgumentParser(prog="caio weights")
+    weights_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_fetch_continues_after_a_failure_and_exits_1(tmp_path, capsys):
     source = tmp_path / "remote.bin"
     source.write_bytes(b"w")
     dest = tmp_path / "w"
     _write_manifest(
         dest, [_entry("Bad", "backbone_mono", "bad.pth", "0" * 64), _entry("Good", "backbone_multi", "g.pth", None)]
     )
-    monkeypatch.setattr(fetching, "gdown_download", _fake_downloader(source))
-    assert caio_main(["weights", "--weights-dir", str(dest), "fetch"]) == 1
+    calls: list = []
+    args = _weights_args(["--weights-dir", str(dest), "fetch"])
+    assert weights_cli.run(args, downloader=_fake_downloader(source, calls)) == 1
+    assert len(calls) == 2  # both entries went through the downloader passed in
     out = capsys.readouterr().out
     assert "Bad: FAILED" in out and "sha256" in out
     assert (dest / "g.pth").read_bytes() == b"w" and not (dest / "bad.pth").exists()

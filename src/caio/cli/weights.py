@@ -7,7 +7,7 @@ from pathlib import Path
 
 from caio.cli.options import examples
 from caio.errors import CaioInputError
-from caio.weights.fetch import check_loadable, fetch
+from caio.weights.fetch import Downloader, check_loadable, fetch
 from caio.weights.manifest import default_weights_dir, load_manifest, manifest_path, select, verify
 
 EXAMPLES = examples(
@@ -34,14 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-load", action="store_true", help="only check presence and hashes")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, downloader: Downloader | None = None) -> int:
+    """Run ``caio weights`` with parsed ``args``; ``downloader``: what ``fetch`` downloads with (``None``: gdown)."""
     weights_dir = args.weights_dir if args.weights_dir is not None else default_weights_dir()
     if args.action == "fetch":
         entries = select(load_manifest(manifest_path(weights_dir)), args.names)
         failed = 0
         for entry in entries:  # one failure does not stop the others
             try:
-                print(f"{entry.name}: {fetch(entry.name, weights_dir)}")
+                print(f"{entry.name}: {fetch(entry.name, weights_dir, downloader)}")
             except CaioInputError as err:
                 failed += 1
                 print(f"{entry.name}: FAILED: {err}")

@@ -8,11 +8,13 @@ the weights live and which file serves a role is :mod:`caio.weights.manifest`.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import Any, Callable
 
 from caio.backbone.vfa import load_vfa
 from caio.contrast.brainid import load_brainid
@@ -34,17 +36,31 @@ Downloader = Callable[..., None]
 ``member``) to the path ``output``; raise on failure."""
 
 
-def gdown_download(url: str, output: Path, member: str | None = None) -> None:
+def _import_gdown(name: str = "gdown") -> ModuleType:
+    """Import the module ``name`` (``gdown``, a build-time tool, not a caio dependency).
+
+    Raises:
+        CaioInputError: the module is not installed.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise CaioInputError("gdown is not installed: run scripts/fetch_weights.sh (pip install gdown)") from None
+
+
+def gdown_download(url: str, output: Path, member: str | None = None, *, gdown: Any = None) -> None:
     """Default downloader: ``gdown`` (a build-time tool, not a caio dependency).
 
     For a folder URL only the file named ``member`` is downloaded (the folder is listed with
     ``skip_download=True``, gdown >= 5.1; older versions download the whole folder to a
-    temporary directory).
+    temporary directory). ``gdown``: the module (or an object with its ``download`` and
+    ``download_folder``); ``None`` imports it.
+
+    Raises:
+        CaioInputError: gdown not installed, download failed, or the folder has no ``member``.
     """
-    try:
-        import gdown  # type: ignore[import-not-found]
-    except ImportError:
-        raise CaioInputError("gdown is not installed: run scripts/fetch_weights.sh (pip install gdown)") from None
+    if gdown is None:
+        gdown = _import_gdown()
     if "/folders/" not in url:
         if gdown.download(url, str(output), quiet=False, fuzzy=True) is None:
             raise CaioInputError(f"{url}: download failed")
