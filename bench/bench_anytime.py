@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,32 +56,10 @@ def worker(case: Path, budget: float, result: Path, threads: int) -> None:
 
 
 def run_one(case: Path, budget: float, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        result = Path(fh.name)
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        "--case",
-        str(case),
-        "--budget",
-        str(budget),
-        "--result",
-        str(result),
-        "--threads",
-        str(threads),
-    ]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3 * budget + 300)
-        if proc.returncode != 0 or result.stat().st_size == 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"case": case.name, "budget_s": budget, "error": tail[0][:200]}
-        return json.loads(result.read_text())
-    except subprocess.TimeoutExpired:
-        return {"case": case.name, "budget_s": budget, "error": "worker timeout"}
-    finally:
-        result.unlink(missing_ok=True)
+    """One (pair, budget) in a worker subprocess (:func:`bench_registration.run_worker`)."""
+    row = {"case": case.name, "budget_s": budget}
+    args = ["--case", str(case), "--budget", str(budget)]
+    return br.run_worker(Path(__file__).resolve(), args, threads, 3 * budget + 300, row)
 
 
 def table(rows: list[dict]) -> str:

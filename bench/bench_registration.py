@@ -444,7 +444,12 @@ def worker(method: str, case: Path, result: Path, threads: int) -> None:
 # ------------------------------------------------------------------ driver
 
 
-def run_method(method: str, case: Path, threads: int, timeout: float) -> dict:
+def run_worker(script: Path, worker_args: list[str], threads: int, timeout: float, row: dict) -> dict:
+    """Run ``script --worker *worker_args --result R --threads T`` in a subprocess limited to ``threads`` threads.
+
+    The worker writes its row as JSON to the temporary file ``R``. Returns that row, else ``row`` with an
+    ``error`` (the worker's last output line, or the timeout after ``timeout`` seconds).
+    """
     env = dict(
         os.environ,
         OMP_NUM_THREADS=str(threads),
@@ -454,28 +459,23 @@ def run_method(method: str, case: Path, threads: int, timeout: float) -> dict:
     )
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         result = Path(fh.name)
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        method,
-        "--case",
-        str(case),
-        "--result",
-        str(result),
-        "--threads",
-        str(threads),
-    ]
+    cmd = [sys.executable, str(script), "--worker", *worker_args, "--result", str(result), "--threads", str(threads)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 or result.stat().st_size == 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"method": method, "case": case.name, "error": tail[0][:200]}
+            return {**row, "error": tail[0][:200]}
         return json.loads(result.read_text())
     except subprocess.TimeoutExpired:
-        return {"method": method, "case": case.name, "error": f"timeout after {timeout:.0f} s"}
+        return {**row, "error": f"timeout after {timeout:.0f} s"}
     finally:
         result.unlink(missing_ok=True)
+
+
+def run_method(method: str, case: Path, threads: int, timeout: float) -> dict:
+    """One method on one case in a worker subprocess (:func:`run_worker`)."""
+    row = {"method": method, "case": case.name}
+    return run_worker(Path(__file__).resolve(), [method, "--case", str(case)], threads, timeout, row)
 
 
 def _fmt(x, digits=3) -> str:
