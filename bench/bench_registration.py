@@ -422,8 +422,12 @@ def score(case: Path, disp: np.ndarray) -> dict:
     }
 
 
+def _is_cross(case: Path) -> bool:
+    return json.loads((case / "meta.json").read_text())["contrast"] == "cross"
+
+
 def worker(method: str, case: Path, result: Path, threads: int) -> None:
-    cross = json.loads((case / "meta.json").read_text())["contrast"] == "cross"
+    cross = _is_cross(case)
     extra: dict = {}
     runner = {
         "caio_engine": lambda: run_caio_engine(case, cross, threads, extra),
@@ -557,6 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per method and pair")
     p.add_argument("--method-major", action="store_true", help="run each method on every pair before the next method")
+    p.add_argument(
+        "--cross-only",
+        nargs="*",
+        default=[],
+        choices=METHODS,
+        help="methods run on the cross-contrast pairs only (e.g. convexadam, a cross-contrast peer)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "out")
     p.add_argument(
         "--reuse",
@@ -605,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["method"] not in methods and r["case"] in {c.name for c in cases}
     ]
     jobs = [(c, m) for m in methods for c in cases] if args.method_major else [(c, m) for c in cases for m in methods]
+    jobs = [(c, m) for c, m in jobs if m not in args.cross_only or _is_cross(c)]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     for case, method in jobs:

@@ -269,5 +269,40 @@ def test_quantile_step_scaling_sets_the_quantile_and_clamps_the_tail():
     assert torch.allclose(torch_field[0], torch.from_numpy(field), atol=1e-4)
 
 
+def test_annealed_step_shrinks_linearly_from_step_to_final_step():
+    settings = LevelSettings(step=1.0, final_step=0.25)
+    steps = [settings.at_iteration(done, 4).step for done in range(4)]
+    assert steps == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert LevelSettings(step=1.0).at_iteration(3, 4).step == 1.0  # no final_step: constant
+    # in a level, the last update of an annealed run is the small one: a run of 1 iteration
+    # moves as far as the plain step, and annealed runs move less than plain ones overall
+    moving = _real_slab(4)
+    fixed = spatial.warp(moving, _smooth_random(moving.shape[2:], 3, 3.0, 2.0, 5))
+    kernels = NumbaKernels("lncc", 2)
+    zero = torch.zeros((1, 3, *fixed.shape[2:]))
+    plain = optimise_level(fixed, moving, zero, kernels, 6, LevelSettings(sigma_field=0))
+    annealed = optimise_level(fixed, moving, zero, kernels, 6, LevelSettings(sigma_field=0, final_step=0.1))
+    assert annealed.displacement.abs().max() < plain.displacement.abs().max()
+
+
+def test_lncc_window_can_change_per_level():
+    fixed, moving = _real_slab(4), torch.roll(_real_slab(4), 1, dims=3)
+    config = EngineConfig(factors=(2, 1), iterations=(5, 5), radius=(1, 3))
+    assert [config.level_radius("lncc", i) for i in (0, 1)] == [1, 3]
+    assert config.level_radius("lncc2", 1) == config.squared_radius
+    disp, trace = register(fixed, moving, similarity="lncc", config=config)
+    same = dict(factors=(2, 1), iterations=(5, 5))
+    # the finest level's similarity is that of its own window: 7^3 here, not 3^3
+    _, wide = register(fixed, moving, similarity="lncc", config=EngineConfig(**same, radius=3))
+    _, narrow = register(fixed, moving, similarity="lncc", config=EngineConfig(**same, radius=1))
+    assert trace.levels[0].similarity_start == pytest.approx(narrow.levels[0].similarity_start)
+    assert trace.levels[1].similarity_start != pytest.approx(narrow.levels[1].similarity_start)
+    assert abs(trace.levels[1].similarity_end - wide.levels[1].similarity_end) < abs(
+        trace.levels[1].similarity_end - narrow.levels[1].similarity_end
+    )
+    with pytest.raises(ValueError, match="one value per level"):
+        EngineConfig(factors=(2, 1), iterations=(5, 5), radius=(1, 2, 3))
+
+
 def test_warm_up_loads_the_kernels_and_reports_seconds():
     assert warm_up() >= 0.0

@@ -19,6 +19,7 @@ and returned, so the result is valid whenever the loop stops. Shapes: images
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ class LevelSettings:
     """Optimiser settings of one level.
 
     Attributes:
-        step: largest update per iteration, in voxels of the level's grid.
+        step: largest update per iteration, in voxels of the level's grid: 1.5 beat 1.0 (Dice
+            +0.0019 on the 8 LUMIR-like T1 <- T1 pairs) and 2.0 (folding appears).
         sigma_update: Gaussian smoothing of the update, voxels (0: none).
         sigma_field: Gaussian smoothing of the field after each update, voxels (0: none).
         compose: compose updates (diffeomorphic, Greedy's default) instead of adding them.
@@ -44,14 +46,25 @@ class LevelSettings:
             (``1.0``: the longest vector, as Greedy); longer vectors are clamped to
             ``clamp * step``.
         clamp: see ``quantile``.
+        final_step: when set, the largest update shrinks linearly from ``step`` at a level's first
+            iteration to ``final_step`` at its last planned one (annealing).
     """
 
-    step: float = 1.0
+    step: float = 1.5
     sigma_update: float = 1.0
     sigma_field: float = 0.5
     compose: bool = True
     quantile: float = 1.0
     clamp: float = 2.0
+    final_step: float | None = None
+
+    def at_iteration(self, done: int, planned: int) -> LevelSettings:
+        """The settings of iteration ``done`` (0-based) of ``planned``: ``step`` annealed
+        towards ``final_step`` when that is set."""
+        if self.final_step is None or planned <= 1:
+            return self
+        fraction = min(done / (planned - 1), 1.0)
+        return dataclasses.replace(self, step=self.step + (self.final_step - self.step) * fraction)
 
 
 @dataclass
@@ -180,7 +193,7 @@ def optimise_level(
             best_u, best_sim = u, sim
         if done == iterations:
             break
-        u = kernels.update(u, grad, settings)
+        u = kernels.update(u, grad, settings.at_iteration(done, iterations))
         del grad
         done += 1
     if first_sim is None:
