@@ -308,7 +308,9 @@ def register(
             m_img = mind_ssc(m_img, radius=cfg.mind_radius, dilation=cfg.mind_dilation)
         if index > 0 and kind != "mind":  # the window may change per level
             kernels = make_kernels(cfg.level_radius(kind, index))
+        # later levels' planned iterations, plus one pass on this grid: the starting field's score at the end
         reserve = sum(n * cost.iteration_seconds(v) for n, v in zip(plan[1:], voxels[index + 1 :]))
+        reserve += cost.iteration_seconds(voxels[index])
         level_deadline = None if deadline is None else deadline - reserve
         settings = cfg.level if cfg.steps is None else dataclasses.replace(cfg.level, step=cfg.steps[index])
         result = optimise_level(f_img, m_img, current, kernels, plan[0], settings, level_deadline)

@@ -175,7 +175,8 @@ def optimise_level(
         kernels: :class:`TorchKernels` or :class:`caio.engine.cpu_backend.NumbaKernels`.
         iterations: maximum number of updates.
         settings: step and smoothing.
-        deadline: absolute ``time.monotonic()`` after which no new iteration starts.
+        deadline: absolute ``time.monotonic()`` by which the level returns: an iteration starts only
+            if the longest one so far would still end before it.
     Returns:
         :class:`LevelResult` whose displacement is the best field seen (by similarity).
     """
@@ -183,8 +184,10 @@ def optimise_level(
     u = init
     best_u, best_sim, first_sim = init, float("-inf"), None
     done, stopped = 0, False
+    longest = 0.0  # longest pass so far: a pass starts only if one that long still ends before the deadline
     for _ in range(iterations + 1):  # the last pass only scores the final field
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if deadline is not None and now + longest >= deadline:
             stopped = True
             break
         sim, grad = kernels.similarity_field(fixed, moving, u)
@@ -196,6 +199,7 @@ def optimise_level(
         u = kernels.update(u, grad, settings.at_iteration(done, iterations))
         del grad
         done += 1
+        longest = max(longest, time.monotonic() - now)
     if first_sim is None:
         first_sim = best_sim
     return LevelResult(best_u, done, first_sim, best_sim, time.monotonic() - start, stopped)
