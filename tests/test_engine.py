@@ -205,6 +205,21 @@ def test_a_deadline_is_kept_and_still_gives_a_field_better_than_zero():
     assert float(disp.abs().max()) > 0
 
 
+def test_a_level_does_not_start_a_pass_that_would_end_after_its_deadline():
+    moving = _real_slab(1)
+    fixed = spatial.warp(moving, _smooth_random(moving.shape[2:], 3, 4.0, 3.0, 21))
+    kernels, zero = NumbaKernels("lncc", 3), torch.zeros((1, 3, *fixed.shape[2:]))
+    optimise_level(fixed, moving, zero, kernels, 1, LevelSettings())  # compile and warm the workspace
+    one = optimise_level(fixed, moving, zero, kernels, 1, LevelSettings())  # one pass scored, updated, scored
+    one_pass = one.seconds / 2
+    start = time.monotonic()
+    result = optimise_level(fixed, moving, zero, kernels, 100, LevelSettings(), deadline=start + 1.5 * one_pass)
+    elapsed = time.monotonic() - start
+    # a pass that starts shortly before the deadline would end about one pass after it: none may start then
+    assert result.stopped_by_deadline and 1 <= result.iterations < 100
+    assert elapsed <= 1.5 * one_pass * 1.15, (elapsed, one_pass)
+
+
 def test_a_deadline_already_past_returns_the_zero_field_at_once():
     fixed = _smooth_random((16, 16, 16), 1, 1.0, 1.0, 15)
     disp, trace = register(fixed, fixed, similarity="lncc", deadline=time.monotonic() - 1)

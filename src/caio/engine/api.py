@@ -308,12 +308,17 @@ def register(
             m_img = mind_ssc(m_img, radius=cfg.mind_radius, dilation=cfg.mind_dilation)
         if index > 0 and kind != "mind":  # the window may change per level
             kernels = make_kernels(cfg.level_radius(kind, index))
-        # later levels' planned iterations, plus one pass on this grid: the starting field's score at the end
+        # later levels' planned iterations, plus two passes on this grid: the starting field's score and
+        # the resampling onto the full grid at the end (one was not enough: 10 % over a 10 s budget)
         reserve = sum(n * cost.iteration_seconds(v) for n, v in zip(plan[1:], voxels[index + 1 :]))
-        reserve += cost.iteration_seconds(voxels[index])
+        reserve += 2 * cost.iteration_seconds(voxels[index])
         level_deadline = None if deadline is None else deadline - reserve
         settings = cfg.level if cfg.steps is None else dataclasses.replace(cfg.level, step=cfg.steps[index])
         result = optimise_level(f_img, m_img, current, kernels, plan[0], settings, level_deadline)
+        if result.similarity_best == float("-inf"):  # stopped before its first pass: the coarser field stands
+            trace.levels.append(LevelTrace(factor, shape, plan[0], 0, None, None, time.monotonic() - level_start))
+            trace.stopped_by_deadline = True
+            continue
         cost.update(result.seconds, result.iterations + 1, voxels[index])
         disp = result.displacement
         trace.levels.append(
