@@ -3,7 +3,7 @@
 Usage (repository root, after ``bench/make_lumir_like.py``)::
 
     python bench/tune_engine.py "level=LevelSettings(sigma_update=1.0, sigma_field=0.5)" 0,1
-    python bench/tune_engine.py "" 8,9 mind          # similarity forced (default: lncc, lncc2 for cross pairs)
+    python bench/tune_engine.py "" 8,9 mind          # similarity forced (default: lncc; cross pairs: the gate's)
 
 The first argument is the keyword arguments of :class:`caio.engine.EngineConfig` as Python text, the second
 the pair indices of ``LUMIR_like_dataset.json``'s "validation" list. Prints per pair: zero-field Dice, Dice
@@ -25,6 +25,7 @@ import torch
 
 from caio import spatial
 from caio.engine import EngineConfig, LevelSettings, register, warm_up
+from caio.engine.api import CROSS_CONTRAST_SIMILARITY
 
 ROOT = Path(__file__).resolve().parent / "out" / "lumir_like"
 
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
     for index in chosen:
         fixed_rel, moving_rel = pairs[index]["fixed"][2:], pairs[index]["moving"][2:]
         cross = not moving_rel.endswith("_0000.nii.gz")
-        similarity = argv[2] if len(argv) > 2 else ("lncc2" if cross else "lncc")
+        similarity = argv[2] if len(argv) > 2 else (CROSS_CONTRAST_SIMILARITY if cross else "lncc")
 
         def load(rel: str) -> np.ndarray:
             return np.asarray(nib.load(ROOT / rel).dataobj)

@@ -38,12 +38,11 @@ from caio.cli.options import (
 )
 from caio.device import resolve_device
 from caio.engine import register
+from caio.engine.api import SIMILARITIES
 from caio.errors import CaioInputError
 from caio.io import image_data, load_image, resample_to_grid, same_grid, write_displacement, write_nifti_atomic
 
 log = logging.getLogger(__name__)
-
-SIMILARITIES = ("auto", "lncc", "lncc2", "mind")
 
 EXAMPLES = examples(
     "caio register fixed.nii.gz moving.nii.gz -o disp.nii.gz",
@@ -66,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--similarity",
         choices=SIMILARITIES,
         default="auto",
-        help="auto (contrast gate decides) | lncc (same contrast) | lncc2 | mind (cross contrast)",
+        help="auto (contrast gate decides) | lncc (same contrast) | lncc2 | remap | mind (cross contrast)",
     )
     add_budget(parser, help="seconds for the whole pair, reading included (default: no limit)")
     add_device(parser)

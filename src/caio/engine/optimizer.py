@@ -69,10 +69,16 @@ class LevelSettings:
 
 @dataclass
 class LevelResult:
-    """What one level did: iterations run, similarity at the start and of the returned field."""
+    """What one level did: iterations run, similarity at the start and of the returned field.
+
+    ``passes`` counts the similarity evaluations (``iterations`` updates plus the scoring of the
+    last field); ``0`` means the deadline stopped the level before it scored anything, and then
+    ``displacement`` is the starting field and both similarities are ``-inf``.
+    """
 
     displacement: torch.Tensor
     iterations: int
+    passes: int
     similarity_start: float
     similarity_best: float
     seconds: float
@@ -183,7 +189,7 @@ def optimise_level(
     start = time.monotonic()
     u = init
     best_u, best_sim, first_sim = init, float("-inf"), None
-    done, stopped = 0, False
+    done, passes, stopped = 0, 0, False
     longest = 0.0  # longest pass so far: a pass starts only if one that long still ends before the deadline
     for _ in range(iterations + 1):  # the last pass only scores the final field
         now = time.monotonic()
@@ -191,6 +197,7 @@ def optimise_level(
             stopped = True
             break
         sim, grad = kernels.similarity_field(fixed, moving, u)
+        passes += 1
         first_sim = sim if first_sim is None else first_sim
         if sim > best_sim:
             best_u, best_sim = u, sim
@@ -202,4 +209,4 @@ def optimise_level(
         longest = max(longest, time.monotonic() - now)
     if first_sim is None:
         first_sim = best_sim
-    return LevelResult(best_u, done, first_sim, best_sim, time.monotonic() - start, stopped)
+    return LevelResult(best_u, done, passes, first_sim, best_sim, time.monotonic() - start, stopped)

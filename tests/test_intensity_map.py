@@ -1,0 +1,61 @@
+"""Intensity remapping of a cross-contrast pair (caio.engine.intensity_map)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from caio.engine.intensity_map import IntensityMap, fit_intensity_map
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _spm(name: str) -> torch.Tensor:
+    """An SPM avg152 template (2 mm, brain only), ``[1, 1, 91, 109, 91]`` float32."""
+    image = np.asarray(nib.load(DATA / f"spm_avg152{name}_brain.nii.gz").dataobj, np.float32)
+    return torch.from_numpy(image)[None, None]
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor) -> float:
+    a, b = a[where], b[where]
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def test_the_map_of_a_real_t2_to_its_t1_makes_it_correlate_with_the_t1():
+    t1, t2 = _spm("T1"), _spm("T2")  # voxel-aligned averages of the same subjects: the identity is the truth
+    mapped = fit_intensity_map(t1, t2)(t2)
+    brain = t1 > 0
+    assert _correlation(t2, t1, brain) < 0  # inside the brain: CSF bright, white matter dark
+    assert _correlation(mapped, t1, brain) > 0.6
+
+
+def test_the_map_is_the_conditional_mean_of_the_fixed_image_per_moving_intensity():
+    moving = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]).reshape(1, 1, 1, 2, 3)
+    fixed = torch.tensor([5.0, 7.0, 1.0, 3.0, 10.0, 10.0]).reshape(1, 1, 1, 2, 3)
+    table = fit_intensity_map(fixed, moving, bins=3, min_count=1)
+    assert table.top == pytest.approx(2.0, rel=1e-2)
+    assert table.values.tolist() == pytest.approx([6.0, 2.0, 10.0], rel=1e-2)
+    # between bins the map is linear: halfway between 1 (-> 2) and 2 (-> 10) gives 6
+    assert float(table(torch.tensor([0.5 * table.top * 1.5]))) == pytest.approx(6.0, rel=1e-2)
+
+
+def test_bins_with_too_few_voxels_take_their_neighbours_value():
+    moving = torch.cat([torch.zeros(50), torch.full((50,), 4.0), torch.full((3,), 2.0)]).reshape(1, 1, 1, 1, -1)
+    fixed = torch.cat([torch.full((50,), 1.0), torch.full((50,), 9.0), torch.full((3,), 100.0)]).reshape(moving.shape)
+    table = fit_intensity_map(fixed, moving, bins=5, min_count=10)
+    middle = float(table(torch.tensor([2.0])))  # 3 voxels only: interpolated between 1 and 9, not 100
+    assert middle == pytest.approx(5.0, rel=0.05)
+
+
+def test_an_empty_moving_image_gives_the_identity_and_mismatched_shapes_are_rejected():
+    table = fit_intensity_map(torch.rand(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4))
+    values = torch.linspace(0, 1, 9)
+    assert torch.allclose(table(values), values, atol=1e-6)
+    assert isinstance(table, IntensityMap)
+    with pytest.raises(ValueError, match="differ in shape"):
+        fit_intensity_map(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 5))
