@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -70,13 +71,6 @@ def fit_intensity_map(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 64,
     if int(populated.sum()) < 2:
         return IntensityMap(top, centres.float())
     means = total[populated] / count[populated]
-    values = _interpolate(centres, centres[populated], means)
-    return IntensityMap(top, values.float())
+    values = np.interp(centres.numpy(), centres[populated].numpy(), means.numpy())  # constant beyond the ends
+    return IntensityMap(top, torch.from_numpy(values).float())
 
-
-def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear interpolation of ``(xp, fp)`` (``xp`` increasing) at ``x``; constant beyond the ends."""
-    right = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
-    left = right - 1
-    fraction = ((x - xp[left]) / (xp[right] - xp[left])).clamp(0, 1)
-    return fp[left] + (fp[right] - fp[left]) * fraction
