@@ -73,4 +73,3 @@ def fit_intensity_map(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 64,
     means = total[populated] / count[populated]
     values = np.interp(centres.numpy(), centres[populated].numpy(), means.numpy())  # constant beyond the ends
     return IntensityMap(top, torch.from_numpy(values).float())
-
