@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from caio.spatial import gaussian_blur
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -67,3 +70,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def blob_volume(seed: int = 0, shape=(48, 56, 52)) -> torch.Tensor:
+    """Brain-like test volume: smooth random texture inside an ellipsoid, background 0."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((1, 1, *shape), generator=gen)
+    texture = gaussian_blur(noise, 3.0)
+    texture = (texture - texture.min()) / (texture.max() - texture.min())
+    grid = np.indices(shape).astype(np.float32)
+    centre = (np.array(shape) - 1) / 2
+    inside = (((grid - centre[:, None, None, None]) / (0.4 * np.array(shape))[:, None, None, None]) ** 2).sum(0) < 1
+    return torch.where(torch.from_numpy(inside)[None, None], 20 + 200 * texture, torch.zeros(()))
+
+
+def textured_pair(weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two blob volumes whose textures share ``weight`` of the first one's (same brain outline)."""
+    a, b = blob_volume(0), blob_volume(1)
+    return a, torch.where(a > 0, weight * a + (1 - weight) * b, torch.zeros(()))

@@ -200,6 +200,20 @@ def test_cross_contrast_recovers_a_known_warp_between_t1_and_t2_like_images(simi
         assert [level.similarity for level in trace.levels] == ["lncc2", "lncc"]
 
 
+def test_auto_takes_the_cross_contrast_similarity_for_a_cross_contrast_or_ambiguous_pair():
+    from conftest import textured_pair
+
+    from caio.engine.api import CROSS_CONTRAST_SIMILARITY, SAME_CONTRAST_SIMILARITY, resolve_similarity
+
+    a, related = textured_pair(0.9)
+    _, weakly_related = textured_pair(0.3)  # gate score in the ambiguous band (tests/test_gate.py)
+    inverted = torch.where(a > 0, 256 - a, torch.zeros(()))
+    assert resolve_similarity("auto", a, related) == SAME_CONTRAST_SIMILARITY
+    assert resolve_similarity("auto", a, weakly_related) == CROSS_CONTRAST_SIMILARITY
+    assert resolve_similarity("auto", a, inverted) == CROSS_CONTRAST_SIMILARITY
+    assert resolve_similarity("lncc", a, inverted) == "lncc"
+
+
 def test_a_deadline_is_kept_and_still_gives_a_field_better_than_zero():
     moving = _real_slab(2)
     fixed = spatial.warp(moving, _smooth_random(moving.shape[2:], 3, 4.0, 3.0, 14))

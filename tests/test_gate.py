@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import require_path
+from conftest import blob_volume, require_path, textured_pair
 
 from caio import cli
 from caio.contrast.gate import GateConfig, GateDecision, decide, gate_score, is_cross_contrast
@@ -24,20 +24,6 @@ def spm(data_dir: Path) -> dict[str, torch.Tensor]:
         path = require_path(data_dir / f"spm_{name}_brain.nii.gz")
         out[name] = torch.from_numpy(np.asarray(nib.load(str(path)).dataobj, np.float32))[None, None]
     return out
-
-
-def blob_volume(seed: int = 0, shape=(48, 56, 52)) -> torch.Tensor:
-    """Brain-like test volume: smooth random texture inside an ellipsoid, background 0."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, 1, *shape), generator=gen)
-    from caio.spatial import gaussian_blur
-
-    texture = gaussian_blur(noise, 3.0)
-    texture = (texture - texture.min()) / (texture.max() - texture.min())
-    grid = np.indices(shape).astype(np.float32)
-    centre = (np.array(shape) - 1) / 2
-    inside = (((grid - centre[:, None, None, None]) / (0.4 * np.array(shape))[:, None, None, None]) ** 2).sum(0) < 1
-    return torch.where(torch.from_numpy(inside)[None, None], 20 + 200 * texture, torch.zeros(()))
 
 
 def test_two_t1_images_are_same_contrast(spm):
@@ -72,6 +58,17 @@ def test_threshold_decides_and_nan_is_not_cross_contrast():
     cfg = GateConfig(threshold=0.2)
     assert is_cross_contrast(0.1, cfg) and not is_cross_contrast(0.3, cfg)
     assert not is_cross_contrast(math.nan, cfg)
+
+
+def test_a_same_contrast_score_below_ambiguous_below_is_flagged_ambiguous():
+    cfg = GateConfig()
+    weakly = decide(*textured_pair(0.3))  # correlation about 0.4: where T1 vs FLAIR-like pairs also score
+    assert cfg.threshold <= weakly.score < cfg.ambiguous_below
+    assert weakly == GateDecision(weakly.score, False, False, True)
+    strongly = decide(*textured_pair(0.9))
+    assert strongly.score >= cfg.ambiguous_below and not strongly.ambiguous and not strongly.cross_contrast
+    assert not decide(*textured_pair(0.3), force=False).ambiguous  # a forced decision is never ambiguous
+    assert not decide(*textured_pair(0.3), GateConfig(threshold=0.6)).ambiguous  # cross, not ambiguous
 
 
 def test_force_overrides_the_score_but_keeps_it(spm):

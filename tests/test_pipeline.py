@@ -17,7 +17,7 @@ from pipeline_data import SHAPE, make_dataset
 from caio.backbone.vfa import VFA, VFAConfig
 from caio.contrast.brainid import BrainIDDeadlineError, synthesize_t1
 from caio.contrast.brainid_net import BrainID
-from caio.engine.api import CROSS_CONTRAST_SIMILARITY
+from caio.engine.api import CROSS_CONTRAST_SIMILARITY, SAME_CONTRAST_SIMILARITY
 from caio.errors import CaioInputError
 from caio.io import load_pairs, validate_displacement_file
 from caio.pipeline import Models, PairTrace, PipelineConfig, load_models, register_pair, run
@@ -180,6 +180,15 @@ ALL = frozenset({"brainid", "vfa_mono", "vfa_multi"})
 )
 def test_configured_path_per_device_and_weights(device, cross, available, mode, refine, steps):
     assert plan_pair(device, cross, available, mode, refine).steps == steps
+
+
+def test_an_ambiguous_same_contrast_pair_takes_the_cross_contrast_similarity_on_the_same_path():
+    plain, ambiguous = (
+        plan_pair("cpu", False, ALL, "auto", "auto"),
+        plan_pair("cpu", False, ALL, "auto", "auto", "auto", True),
+    )
+    assert plain.similarity == SAME_CONTRAST_SIMILARITY and ambiguous.similarity == CROSS_CONTRAST_SIMILARITY
+    assert ambiguous.steps == plain.steps and not ambiguous.brainid
 
 
 def test_config_modes_refine_and_the_one_minute_default():

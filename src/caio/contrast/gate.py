@@ -25,6 +25,11 @@ every T1-T1 pair scored >= 0.23 and every T1-T2/PD pair <= -0.10, but T1-FLAIR p
 from 0.0 to 0.76 (CSF is dark in both, so only the GM/WM inversion disagrees) and about
 half of them are called same-contrast. Where a pair's modality codes differ, callers
 should force the decision (``decide(..., force=True)``) rather than trust the score.
+A score in ``[threshold, ambiguous_below)`` is called same-contrast but flagged
+``ambiguous``: T1 vs another subject's FLAIR-like image scores up to 0.37 (0.40 on the
+synthetic benchmark set), T1-T1 pairs of one scanner from 0.46 up; the registration engine
+treats such a pair as cross-contrast (its remapping loses 0.004 Dice on a T1-T1 pair and
+gains 0.08-0.10 on a FLAIR-like one).
 """
 
 from __future__ import annotations
@@ -50,23 +55,28 @@ class GateConfig:
         factor: block size of the downsampling, in full-resolution voxels.
         sigma_vox: standard deviation of the Gaussian LNCC window, in low-resolution voxels.
         threshold: scores below it are cross-contrast.
+        ambiguous_below: scores from ``threshold`` up to this are same-contrast but ``ambiguous``
+            (T1 vs FLAIR-like and T1-T1 pairs both occur there).
         eps: added to each local variance (images scaled to [0, 1]); flat windows count ~0.
     """
 
     factor: int = 4
     sigma_vox: float = 1.5
     threshold: float = 0.2
+    ambiguous_below: float = 0.45
     eps: float = 1e-4
 
 
 @dataclass(frozen=True)
 class GateDecision:
     """Outcome of :func:`decide`: ``score`` (NaN when it could not be computed), the decision,
-    and whether the decision was forced by the caller rather than taken from the score."""
+    whether the decision was forced by the caller rather than taken from the score, and whether
+    a same-contrast decision from the score is ``ambiguous`` (:attr:`GateConfig.ambiguous_below`)."""
 
     score: float
     cross_contrast: bool
     forced: bool
+    ambiguous: bool = False
 
 
 def _as_volume(image: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -140,7 +150,8 @@ def decide(
         return GateDecision(score, bool(force), True)
     if math.isnan(score):
         log.warning("gate: the brain masks do not overlap; treating the pair as same-contrast")
-    return GateDecision(score, is_cross_contrast(score, cfg), False)
+    cross = is_cross_contrast(score, cfg)
+    return GateDecision(score, cross, False, not cross and not math.isnan(score) and score < cfg.ambiguous_below)
 
 
 # ----------------------------------------------------------------------------------------

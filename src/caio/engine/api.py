@@ -178,16 +178,16 @@ class EngineTrace:
 
 def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tensor) -> str:
     """``"auto"``: the contrast gate (:mod:`caio.contrast.gate`) picks :data:`CROSS_CONTRAST_SIMILARITY`
-    for a cross-contrast pair and :data:`SAME_CONTRAST_SIMILARITY` otherwise; other values are
-    returned unchanged."""
+    for a cross-contrast or ambiguous pair and :data:`SAME_CONTRAST_SIMILARITY` otherwise; other
+    values are returned unchanged."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity '{similarity}' is not one of {', '.join(SIMILARITIES)}")
     if similarity != "auto":
         return similarity
     from caio.contrast.gate import GateConfig, decide
 
-    cross = decide(fixed, moving, GateConfig()).cross_contrast
-    return CROSS_CONTRAST_SIMILARITY if cross else SAME_CONTRAST_SIMILARITY
+    decision = decide(fixed, moving, GateConfig())
+    return CROSS_CONTRAST_SIMILARITY if decision.cross_contrast or decision.ambiguous else SAME_CONTRAST_SIMILARITY
 
 
 def warm_up() -> float:

@@ -131,10 +131,10 @@ def register_tensors(
     Never raises for a failing component (it is recorded in ``trace`` and the fallback taken),
     except CUDA out-of-memory errors, which the caller retries.
     """
-    score, cross, forced = run_gate(fixed, moving, pair, cfg, trace)
+    score, cross, forced, ambiguous = run_gate(fixed, moving, pair, cfg, trace)
     result.gate_score, result.cross_contrast, result.gate_forced = score, cross, forced
     available = available_models(models)
-    plan = plan_pair(models.device.type, cross, available, cfg.mode, cfg.refine, cfg.contrast)
+    plan = plan_pair(models.device.type, cross, available, cfg.mode, cfg.refine, cfg.contrast, ambiguous)
     trace.configured = plan.steps
     active, fimg, mimg = plan, fixed, moving
     amp = autocast(models.device, "fp16" if low_memory else "fp32")

@@ -63,7 +63,13 @@ def available_models(models: Models) -> frozenset[str]:
 
 
 def plan_pair(
-    device_type: str, cross: bool, available: frozenset[str], mode: str, refine_mode: str, contrast: str = "auto"
+    device_type: str,
+    cross: bool,
+    available: frozenset[str],
+    mode: str,
+    refine_mode: str,
+    contrast: str = "auto",
+    ambiguous: bool = False,
 ) -> Plan:
     """The path a pair must take (:class:`Plan`), by device type, contrast and weights present.
 
@@ -71,7 +77,9 @@ def plan_pair(
     engine) -> cascade (MIND-SSC similarity for a cross-contrast pair without Brain-ID).
     CPU: gate -> engine; with ``mode="vfa"``: gate -> VFA -> engine from VFA's field.
     ``refine_mode`` other than ``auto`` replaces the refinement anywhere; ``contrast="brainid"``
-    asks for Brain-ID on any device, ``"none"`` never.
+    asks for Brain-ID on any device, ``"none"`` never. A same-contrast pair whose gate score is
+    ``ambiguous`` (:class:`caio.contrast.gate.GateDecision`) is registered with the engine's
+    cross-contrast similarity (it may be T1 vs FLAIR-like); nothing else changes for it.
     """
     gpu = device_type == "cuda"
     wants_brainid = contrast == "brainid" or (contrast == "auto" and gpu)
@@ -95,7 +103,7 @@ def plan_pair(
         steps.append("mind")
     if refine_to != "none":
         steps.append(refine_to)
-    similarity = CROSS_CONTRAST_SIMILARITY if raw_cross else SAME_CONTRAST_SIMILARITY
+    similarity = CROSS_CONTRAST_SIMILARITY if raw_cross or (ambiguous and not cross) else SAME_CONTRAST_SIMILARITY
     return Plan(tuple(steps), brainid, vfa, refine_to, similarity)
 
 
@@ -115,7 +123,7 @@ def _failed(trace: PairTrace, name: str, start: float, err: BaseException) -> No
 
 
 def run_gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: PipelineConfig, trace: PairTrace):
-    """(score, cross_contrast, forced); a failing gate leaves the decision to the modality codes.
+    """(score, cross_contrast, forced, ambiguous); a failing gate leaves the decision to the modality codes.
 
     ``cfg.gate`` forces the decision. Otherwise a pair whose modality codes differ is
     cross-contrast whatever the score (notes/gate_calibration.md: T1-vs-FLAIR scores overlap
@@ -128,10 +136,11 @@ def run_gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: Pipelin
     except Exception as err:
         _failed(trace, "gate", start, err)
         cross = pair.is_cross_contrast if cfg.gate is None else cfg.gate
-        return None, cross, cfg.gate is not None
+        return None, cross, cfg.gate is not None, False
     cross = bool(decision.cross_contrast)
-    trace.record("gate", "ran", time.monotonic() - start, f"{'cross' if cross else 'same'} contrast")
-    return float(decision.score), cross, bool(decision.forced)
+    detail = f"{'cross' if cross else 'same'} contrast" + (" (ambiguous score)" if decision.ambiguous else "")
+    trace.record("gate", "ran", time.monotonic() - start, detail)
+    return float(decision.score), cross, bool(decision.forced), bool(decision.ambiguous)
 
 
 def _fits(name: str, seconds: float, deadline: float, trace: PairTrace) -> bool:
