@@ -29,7 +29,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_registration as br  # noqa: E402  (sibling script: case folders, loading, scoring)
+import bench_methods as bm  # noqa: E402  (sibling scripts: loading and scoring, worker subprocesses, case folders)
+import bench_registration as br  # noqa: E402
+import bench_sets as bs  # noqa: E402
 
 BUDGETS = (10.0, 20.0, 40.0, 60.0, 120.0)
 
@@ -37,7 +39,7 @@ BUDGETS = (10.0, 20.0, 40.0, 60.0, 120.0)
 def worker(case: Path, budget: float, result: Path, threads: int) -> None:
     from caio.engine import register, warm_up
 
-    f, m = br._load_pair_tensors(case, threads)
+    f, m = bm._load_pair_tensors(case, threads)
     warm_up_s = warm_up()  # one-off kernel loading, reported apart (the pipeline does it at model loading)
     t0 = time.monotonic()
     disp, trace = register(f, m, similarity="auto", deadline=t0 + budget)
@@ -49,7 +51,7 @@ def worker(case: Path, budget: float, result: Path, threads: int) -> None:
         "overrun_pct": 100.0 * max(0.0, wall - budget) / budget,
         "rss_gib": rss_gib,
         "warm_up_s": warm_up_s,
-        **br.score(case, disp[0].detach().double().numpy()),
+        **bm.score(case, disp[0].detach().double().numpy()),
         "trace": trace.to_dict(),
     }
     result.write_text(json.dumps(out))
@@ -95,7 +97,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lumir-root", type=Path, default=br.LUMIR_LIKE)
+    p.add_argument("--lumir-root", type=Path, default=bs.LUMIR_LIKE)
     p.add_argument(
         "--pairs",
         type=int,
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.case, args.budget, args.result, args.threads)
         return 0
-    cases = br.prepare_lumir_folder(args.out / "cache", args.lumir_root, "LUMIR_like_dataset.json", "lumir")
+    cases = bs.prepare_lumir_folder(args.out / "cache", args.lumir_root, "LUMIR_like_dataset.json", "lumir")
     if not cases:
         return 1
     if args.pairs is None:
