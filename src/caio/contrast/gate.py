@@ -151,7 +151,7 @@ def decide(
     if math.isnan(score):
         log.warning("gate: the brain masks do not overlap; treating the pair as same-contrast")
     cross = is_cross_contrast(score, cfg)
-    return GateDecision(score, cross, False, not cross and not math.isnan(score) and score < cfg.ambiguous_below)
+    return GateDecision(score, cross, False, not cross and score < cfg.ambiguous_below)  # NaN: not ambiguous
 
 
 # ----------------------------------------------------------------------------------------

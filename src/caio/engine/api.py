@@ -189,7 +189,13 @@ def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tenso
     from caio.contrast.gate import GateConfig, decide
 
     decision = decide(fixed, moving, GateConfig())
-    return CROSS_CONTRAST_SIMILARITY if decision.cross_contrast or decision.ambiguous else SAME_CONTRAST_SIMILARITY
+    return similarity_for_contrast(decision.cross_contrast, decision.ambiguous)
+
+
+def similarity_for_contrast(cross_contrast: bool, ambiguous: bool = False) -> str:
+    """The engine similarity for a pair the gate called cross-contrast or not: an ``ambiguous``
+    same-contrast call (:class:`caio.contrast.gate.GateDecision`) counts as cross-contrast."""
+    return CROSS_CONTRAST_SIMILARITY if cross_contrast or ambiguous else SAME_CONTRAST_SIMILARITY
 
 
 def warm_up() -> float:

@@ -25,7 +25,7 @@ from caio.contrast.gate import GateConfig, decide
 from caio.contrast.mind import mind_ssc
 from caio.device import is_oom
 from caio.engine import register as engine_register
-from caio.engine.api import CROSS_CONTRAST_SIMILARITY, SAME_CONTRAST_SIMILARITY
+from caio.engine.api import similarity_for_contrast
 from caio.io import Pair
 from caio.pipeline.config import PipelineConfig, estimated_seconds
 from caio.pipeline.models import Models
@@ -103,8 +103,7 @@ def plan_pair(
         steps.append("mind")
     if refine_to != "none":
         steps.append(refine_to)
-    similarity = CROSS_CONTRAST_SIMILARITY if raw_cross or (ambiguous and not cross) else SAME_CONTRAST_SIMILARITY
-    return Plan(tuple(steps), brainid, vfa, refine_to, similarity)
+    return Plan(tuple(steps), brainid, vfa, refine_to, similarity_for_contrast(raw_cross, ambiguous and not cross))
 
 
 def _left(deadline: float) -> float:
