@@ -62,8 +62,11 @@ def _brain_mask(target):
 
 
 def _crop(arrays: list[np.ndarray], mask: np.ndarray, margin: int = 6) -> list[np.ndarray]:
-    idx = np.nonzero(mask)
-    box = tuple(slice(max(0, int(i.min()) - margin), int(i.max()) + 1 + margin) for i in idx)
+    """``arrays`` cut to the bounding box of ``mask`` grown by ``margin`` voxels (the engine's own box)."""
+    from caio.engine.images import foreground_box
+
+    brain = torch.from_numpy(mask.astype(np.float32))[None, None]
+    box = foreground_box(brain, brain, margin)
     return [a[box] for a in arrays]
 
 
