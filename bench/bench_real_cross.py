@@ -146,6 +146,8 @@ def run(pairs: list[Pair], similarities: list[str], seeds: list[int]) -> list[di
                         pair=pair.name,
                         seed=seed,
                         similarity=sim,
+                        ran=trace.similarity,
+                        explained=trace.explained,
                         epe=mean,
                         epe95=p95,
                         zero_epe=zero[0],

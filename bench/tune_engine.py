@@ -4,6 +4,10 @@ Usage (repository root, after ``bench/make_lumir_like.py``)::
 
     python bench/tune_engine.py "level=LevelSettings(sigma_update=1.0, sigma_field=0.5)" 0,1
     python bench/tune_engine.py "" 8,9 mind          # similarity forced (default: lncc; cross pairs: the gate's)
+    python bench/tune_engine.py "" synth:10 mind     # the first 10 synthetic cross-contrast pairs instead
+
+``synth:N`` takes the pairs ``bench/out/cache/synth_*`` that ``bench_registration.py --sets synth --synth-pairs N``
+made (T1-like <- T2-/FLAIR-like, 96x112x96; Dice over the fixed label map's labels).
 
 The first argument is the keyword arguments of :class:`caio.engine.EngineConfig` as Python text, the second
 the pair indices of ``LUMIR_like_dataset.json``'s "validation" list. Prints per pair: zero-field Dice, Dice
@@ -40,36 +44,50 @@ def dice(fixed: np.ndarray, warped: np.ndarray, labels: list[int]) -> float:
     return float(np.mean(scores))
 
 
+def synth_cases(n: int) -> list[tuple]:
+    """``(index, cross, fixed, moving, fixed labels, moving labels)`` of the first ``n`` synthetic pairs."""
+    folders = sorted((ROOT.parent / "cache").glob("synth_*"))[:n]
+    if len(folders) < n:
+        raise SystemExit(f"only {len(folders)} synthetic pairs in bench/out/cache: run bench_registration.py first")
+    names = ("fixed", "moving", "fixed_seg", "moving_seg")
+    return [(i, True, *(folder / f"{name}.nii.gz" for name in names)) for i, folder in enumerate(folders)]
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(2)
     config = eval(
         f"EngineConfig({argv[0] if argv else ''})", {"EngineConfig": EngineConfig, "LevelSettings": LevelSettings}
     )
-    pairs = json.loads((ROOT / "LUMIR_like_dataset.json").read_text())["validation"]
-    labels = [v for v in json.loads((ROOT / "labels.json").read_text())["labels"] if v != 0]
-    chosen = [int(i) for i in argv[1].split(",")] if len(argv) > 1 else range(len(pairs))
+    cases = synth_cases(int(argv[1].split(":")[1])) if len(argv) > 1 and argv[1].startswith("synth:") else []
+    labels = None if cases else [v for v in json.loads((ROOT / "labels.json").read_text())["labels"] if v != 0]
+    if not cases:
+        pairs = json.loads((ROOT / "LUMIR_like_dataset.json").read_text())["validation"]
+        chosen = [int(i) for i in argv[1].split(",")] if len(argv) > 1 else range(len(pairs))
+        for index in chosen:
+            fixed_path, moving_path = ROOT / pairs[index]["fixed"][2:], ROOT / pairs[index]["moving"][2:]
+            label_paths = [Path(str(p).replace("images", "labels")) for p in (fixed_path, moving_path)]
+            cases.append((index, not moving_path.name.endswith("_0000.nii.gz"), fixed_path, moving_path, *label_paths))
     warm_up()
     rows = []
-    for index in chosen:
-        fixed_rel, moving_rel = pairs[index]["fixed"][2:], pairs[index]["moving"][2:]
-        cross = not moving_rel.endswith("_0000.nii.gz")
+    for index, cross, fixed_path, moving_path, fixed_label_path, moving_label_path in cases:
         similarity = argv[2] if len(argv) > 2 else (CROSS_CONTRAST_SIMILARITY if cross else "lncc")
 
-        def load(rel: str) -> np.ndarray:
-            return np.asarray(nib.load(ROOT / rel).dataobj)
+        def load(path: Path) -> np.ndarray:
+            return np.asarray(nib.load(path).dataobj)
 
-        fixed = torch.from_numpy(load(fixed_rel).astype(np.float32))[None, None]
-        moving = torch.from_numpy(load(moving_rel).astype(np.float32))[None, None]
-        fixed_labels = load(fixed_rel.replace("images", "labels")).astype(np.int32)
-        moving_labels = torch.from_numpy(load(moving_rel.replace("images", "labels")).astype(np.float32))[None, None]
+        fixed = torch.from_numpy(load(fixed_path).astype(np.float32))[None, None]
+        moving = torch.from_numpy(load(moving_path).astype(np.float32))[None, None]
+        fixed_labels = load(fixed_label_path).astype(np.int32)
+        moving_labels = torch.from_numpy(load(moving_label_path).astype(np.float32))[None, None]
+        pair_labels = labels or [int(v) for v in np.unique(fixed_labels) if v != 0]
         start = time.monotonic()
         disp, trace = register(fixed, moving, similarity=similarity, config=config)
         seconds = time.monotonic() - start
         warped = spatial.warp(moving_labels, disp, mode="nearest")[0, 0].numpy().astype(np.int32)
         det = spatial.jacobian_determinant(disp).reshape(fixed_labels.shape)
         folding = float((det[torch.from_numpy(fixed_labels > 0)] <= 0).float().mean() * 100)
-        zero = dice(fixed_labels, moving_labels[0, 0].numpy().astype(np.int32), labels)
-        score = dice(fixed_labels, warped, labels)
+        zero = dice(fixed_labels, moving_labels[0, 0].numpy().astype(np.int32), pair_labels)
+        score = dice(fixed_labels, warped, pair_labels)
         rows.append((cross, zero, score, seconds, folding))
         print(
             f"pair {index} {'cross' if cross else 'same '} {similarity} zero {zero:.4f} dice {score:.4f} "

@@ -200,6 +200,43 @@ def test_cross_contrast_recovers_a_known_warp_between_t1_and_t2_like_images(simi
         assert [level.similarity for level in trace.levels] == ["lncc2", "lncc"]
 
 
+@pytest.mark.parametrize("threshold, route", [(0.0, "remap"), (1.0, "mind")])
+def test_cross_remaps_when_the_map_explains_enough_and_takes_mind_ssc_when_not(threshold, route):
+    from caio.synth.contrast_models import SynthConfig, generator_for, synthesize_image
+    from caio.synth.generator import canonical_labels
+
+    raw = np.asarray(nib.load(TEST_DATA / "labelsVal" / "LUMIRMRI_3455_0000.nii.gz").dataobj)[::3, ::3, ::3]
+    labels = canonical_labels(raw.astype(np.int64))
+    t1 = synthesize_image(labels, "t1", generator_for(0, 1), SynthConfig())
+    t2 = synthesize_image(labels, "t2", generator_for(0, 2), SynthConfig())
+    truth = _smooth_random(t1.shape[2:], 3, 5.0, 2.0, 13)
+    fixed = spatial.warp(t1, truth)
+    config = EngineConfig(
+        remap_factors=(2, 2, 1),
+        remap_iterations=(60, 30, 30),
+        remap_from=1,
+        remap_min_explained=threshold,
+        mind_factors=(2, 1),
+        mind_iterations=(60, 30),
+        level=LevelSettings(step=1.0),
+        mind_level=LevelSettings(step=1.0, sigma_field=0.75),
+    )
+    disp, trace = register(fixed, t2, similarity="cross", config=config)
+    assert trace.similarity == route and 0.0 < trace.explained <= 1.0
+    kinds = [level.similarity for level in trace.levels]
+    # the first level (squared LNCC) runs either way; MIND-SSC then starts its own pyramid from that field
+    assert kinds == (["lncc2", "lncc", "lncc"] if route == "remap" else ["lncc2", "mind", "mind"]), kinds
+    label_map = torch.from_numpy(labels.astype(np.float32))[None, None]
+    fixed_labels = spatial.warp(label_map, truth, mode="nearest")
+
+    def dice(warped_labels: torch.Tensor) -> float:
+        pairs = [(fixed_labels == float(v), warped_labels == float(v)) for v in np.unique(labels)[1:]]
+        return float(np.mean([2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0) for a, b in pairs]))
+
+    before, after = dice(label_map), dice(spatial.warp(label_map, disp, mode="nearest"))
+    assert after > before + 0.2 * (1 - before), (before, after)  # as the cross-contrast test above
+
+
 def test_auto_takes_the_cross_contrast_similarity_for_a_cross_contrast_or_ambiguous_pair():
     from conftest import textured_pair
 

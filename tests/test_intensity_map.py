@@ -59,3 +59,15 @@ def test_an_empty_moving_image_gives_the_identity_and_mismatched_shapes_are_reje
     assert isinstance(table, IntensityMap)
     with pytest.raises(ValueError, match="differ in shape"):
         fit_intensity_map(torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 4, 4, 5))
+
+
+def test_explained_variance_is_one_for_a_function_of_the_fixed_image_and_near_zero_for_unrelated_noise():
+    from caio.engine.intensity_map import explained_variance
+
+    t1 = _spm("T1")
+    brain = t1 > 0
+    inverted = torch.where(brain, float(t1.max()) + 1 - t1, torch.zeros(()))  # a T2-like function of the T1
+    noise = torch.where(brain, torch.rand(t1.shape, generator=torch.Generator().manual_seed(0)) + 0.1, 0.0)
+    assert explained_variance(t1, inverted) > 0.98
+    assert explained_variance(t1, noise) < 0.05
+    assert explained_variance(t1, torch.zeros_like(t1)) == 0.0  # no voxel non-zero in both

@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--similarity",
         choices=SIMILARITIES,
         default="auto",
-        help="auto (contrast gate decides) | lncc (same contrast) | lncc2 | remap | mind (cross contrast)",
+        help="auto (the contrast gate picks lncc or mind) | lncc (same contrast) | mind (cross contrast) | lncc2 | "
+        "remap | cross (remap where the intensity map explains the fixed image, mind elsewhere)",
     )
     add_budget(parser, help="seconds for the whole pair, reading included (default: no limit)")
     add_device(parser)

@@ -76,16 +76,20 @@ def _shifted(padded: torch.Tensor, offset: tuple[int, int, int], pad: int, shape
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a cube of side ``2 * radius + 1`` with replicate padding (same shape).
 
-    Computed as three 1-D means over the once-padded volume (separable; same result as
-    the 3-D box, ``3 k`` instead of ``k**3`` operations per voxel).
+    Separable: the once-padded volume is summed over ``2 * radius + 1`` shifted views along each
+    axis in turn (``3 k`` additions per voxel; faster on a CPU than ``avg_pool3d``, whose result it equals).
     """
     if radius <= 0:
         return x
     k = 2 * radius + 1
     x = F.pad(x, [radius] * 6, mode="replicate")
-    for kernel in ((k, 1, 1), (1, k, 1), (1, 1, k)):
-        x = F.avg_pool3d(x, kernel_size=kernel, stride=1)
-    return x
+    for dim in (2, 3, 4):
+        n = x.shape[dim] - 2 * radius
+        total = x.narrow(dim, 0, n).clone()
+        for offset in range(1, k):
+            total += x.narrow(dim, offset, n)
+        x = total
+    return x / float(k**3)
 
 
 def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2, normalize: bool = True) -> torch.Tensor:
@@ -112,7 +116,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2, normalize:
     padded = F.pad(img, [dilation] * 6, mode="replicate")
     offsets = six_neighbourhood(dilation)
     shifted = [_shifted(padded, o, dilation, shape) for o in offsets]
-    dist = torch.cat([box_mean((shifted[i] - shifted[j]) ** 2, radius) for i, j in ssc_pairs()], dim=1)
+    dist = box_mean(torch.cat([(shifted[i] - shifted[j]) ** 2 for i, j in ssc_pairs()], dim=1), radius)
     del shifted, padded
     variance = dist.mean(dim=1, keepdim=True)
     mean_var = variance.mean(dim=(2, 3, 4), keepdim=True)

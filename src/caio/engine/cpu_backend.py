@@ -37,6 +37,14 @@ class NumbaKernels:
             raise ValueError(f"unknown similarity '{similarity}'")
         self.kind, self.radius, self.eps, self.warped_gradient = similarity, radius, eps, warped_gradient
         self.work = cpu_filters.Workspace()
+        self._channel_last: tuple[torch.Tensor, np.ndarray] | None = None
+
+    def _moving_channel_last(self, moving: torch.Tensor) -> np.ndarray:
+        """``moving`` ``[1, C, ...]`` as a channel-last ``(D0, D1, D2, C)`` array, transposed once per image
+        (a level calls this every iteration with the same tensor; the reference kept makes ``is`` safe)."""
+        if self._channel_last is None or self._channel_last[0] is not moving:
+            self._channel_last = (moving, np.ascontiguousarray(_array(moving).transpose(1, 2, 3, 0)))
+        return self._channel_last[1]
 
     def similarity_field(
         self, fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor
@@ -54,7 +62,9 @@ class NumbaKernels:
                 self.work,
             )
         else:
-            sim, field = cpu_kernels.ssd_displacement_gradient(_array(fixed), _array(moving), _array(disp), self.work)
+            sim, field = cpu_kernels.ssd_displacement_gradient(
+                _array(fixed), self._moving_channel_last(moving), _array(disp)
+            )
         return sim, _tensor(field)
 
     def smooth(self, image: torch.Tensor, sigma: float) -> torch.Tensor:

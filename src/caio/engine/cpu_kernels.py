@@ -291,47 +291,70 @@ def lncc_displacement_gradient(
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _ssd_field(fixed, warped, gradient, out):
+def _ssd_warp_field(fixed, moving_last, disp, out):
+    """Warp every feature channel, compare it with ``fixed`` and accumulate the SSD's gradient, fused.
+
+    ``moving_last`` is channel-last ``(D0, D1, D2, C)`` so that the 8 corners of a voxel are 8
+    contiguous runs of ``C`` values; ``fixed`` is ``(C, D0, D1, D2)``. Writes
+    ``out[a] = sum_c (F_c - W_c) * dW_c / d axis a`` and returns ``sum (F - W)^2``.
+    """
     nc, n0, n1, n2 = fixed.shape
     partial = np.zeros(n0)
     for i in prange(n0):
         acc = 0.0
         for j in range(n1):
             for k in range(n2):
+                i0, fx, gx = _corner(n0, i + disp[0, i, j, k])
+                j0, fy, gy = _corner(n1, j + disp[1, i, j, k])
+                k0, fz, gz = _corner(n2, k + disp[2, i, j, k])
+                i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
                 g0 = 0.0
                 g1 = 0.0
                 g2 = 0.0
                 for c in range(nc):
-                    d = fixed[c, i, j, k] - warped[c, i, j, k]
+                    c000 = moving_last[i0, j0, k0, c]
+                    c001 = moving_last[i0, j0, k1, c]
+                    c010 = moving_last[i0, j1, k0, c]
+                    c011 = moving_last[i0, j1, k1, c]
+                    c100 = moving_last[i1, j0, k0, c]
+                    c101 = moving_last[i1, j0, k1, c]
+                    c110 = moving_last[i1, j1, k0, c]
+                    c111 = moving_last[i1, j1, k1, c]
+                    c00 = c000 + (c001 - c000) * fz
+                    c01 = c010 + (c011 - c010) * fz
+                    c10 = c100 + (c101 - c100) * fz
+                    c11 = c110 + (c111 - c110) * fz
+                    c0 = c00 + (c01 - c00) * fy
+                    c1 = c10 + (c11 - c10) * fy
+                    d = fixed[c, i, j, k] - (c0 + (c1 - c0) * fx)
                     acc += d * d
-                    g0 += d * gradient[c, 0, i, j, k]
-                    g1 += d * gradient[c, 1, i, j, k]
-                    g2 += d * gradient[c, 2, i, j, k]
-                out[0, i, j, k] = g0
-                out[1, i, j, k] = g1
-                out[2, i, j, k] = g2
+                    g0 += d * (c1 - c0)
+                    g1 += d * ((c01 - c00) * (1.0 - fx) + (c11 - c10) * fx)
+                    e0 = (c001 - c000) * (1.0 - fy) + (c011 - c010) * fy
+                    e1 = (c101 - c100) * (1.0 - fy) + (c111 - c110) * fy
+                    g2 += d * (e0 * (1.0 - fx) + e1 * fx)
+                out[0, i, j, k] = gx * g0
+                out[1, i, j, k] = gy * g1
+                out[2, i, j, k] = gz * g2
         partial[i] = acc
     return partial.sum()
 
 
-def ssd_displacement_gradient(
-    fixed: np.ndarray, moving: np.ndarray, disp: np.ndarray, work: Workspace | None = None
-) -> tuple[float, np.ndarray]:
+def ssd_displacement_gradient(fixed: np.ndarray, moving_last: np.ndarray, disp: np.ndarray) -> tuple[float, np.ndarray]:
     """``-mean(sum_c (F_c - W_c)^2)`` of feature maps and its gradient as a field.
 
     Args:
-        fixed, moving: ``(C, D0, D1, D2)`` features.
+        fixed: ``(C, D0, D1, D2)`` features.
+        moving_last: the moving features channel-last, ``(D0, D1, D2, C)`` (C-contiguous).
         disp: ``(3, D0, D1, D2)`` voxels.
     Returns:
         ``(similarity, field)`` as :func:`lncc_displacement_gradient`.
     """
     shape = fixed.shape[1:]
-    work = work or Workspace()
-    warped = work.get("warped", moving.shape)
-    grad = work.get("gradient", (moving.shape[0], 3, *shape))
-    warp_with_gradient(moving, disp, warped, grad)
+    if moving_last.shape != (*shape, fixed.shape[0]):
+        raise ValueError(f"moving features {moving_last.shape} are not channel-last {(*shape, fixed.shape[0])}")
     out = np.empty((3, *shape), np.float32)
-    total = _ssd_field(fixed, warped, grad, out)
+    total = _ssd_warp_field(fixed, moving_last, disp, out)
     count = float(np.prod(shape))
     out *= 2.0 / count
     return -float(total) / count, out

@@ -73,3 +73,22 @@ def fit_intensity_map(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 64,
     means = total[populated] / count[populated]
     values = np.interp(centres.numpy(), centres[populated].numpy(), means.numpy())  # constant beyond the ends
     return IntensityMap(top, torch.from_numpy(values).float())
+
+
+def explained_variance(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 64) -> float:
+    """Share of the fixed image's variance that the fitted map explains (the correlation ratio eta^2).
+
+    ``1 - mean((fixed - map(warped))^2) / var(fixed)`` over the voxels non-zero in both images, the map
+    fitted by :func:`fit_intensity_map` on the same images. Near 1: each moving intensity says which
+    fixed intensity goes with it (clean images of one anatomy); low: noise, bias fields or partial
+    volumes blur the relation, and remapping then registers a poor copy of the fixed image.
+    """
+    mask = (fixed > 0) & (warped > 0)
+    if int(mask.sum()) < 2:
+        return 0.0
+    values = fixed[mask].double()
+    variance = float(values.var())
+    if variance <= 0:
+        return 0.0
+    residual = values - fit_intensity_map(fixed, warped, bins)(warped[mask].double())
+    return 1.0 - float((residual**2).mean()) / variance
