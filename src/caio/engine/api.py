@@ -299,14 +299,9 @@ def register(
             f, m = (mind_ssc(image, radius=cfg.mind_radius, dilation=cfg.mind_dilation) for image in (f, m))
         f_levels, m_levels = images.pyramid(f, factors, kernels), images.pyramid(m, factors, kernels)
         level_shapes = [tuple(f_levels[k].shape[2:]) for k in factors]
+        counts = [int(torch.Size(s).numel()) for s in level_shapes]
         feature_cost = 12.0 if route == "mind" else 1.0  # MIND: 12 channels to warp and differentiate
-        return (
-            f_levels,
-            m_levels,
-            level_shapes,
-            [int(torch.Size(s).numel()) for s in level_shapes],
-            CostModel(cfg.prior_seconds_per_voxel * feature_cost),
-        )
+        return f_levels, m_levels, level_shapes, counts, CostModel(cfg.prior_seconds_per_voxel * feature_cost)
 
     kernels = make_kernels(0)
     fixed_levels, moving_levels, shapes, voxels, cost = build_levels()
