@@ -36,6 +36,22 @@ def _corner(n: int, x: float) -> tuple[int, float, float]:
     return i, x - i, inside
 
 
+@njit(cache=True, inline="always")
+def _trilinear(c000, c001, c010, c011, c100, c101, c110, c111, fx, fy, fz):
+    """Trilinear value of the 8 corners ``c<i><j><k>`` at fractions ``(fx, fy, fz)`` and its three partial
+    derivatives along the array axes (per voxel of the grid)."""
+    c00 = c000 + (c001 - c000) * fz
+    c01 = c010 + (c011 - c010) * fz
+    c10 = c100 + (c101 - c100) * fz
+    c11 = c110 + (c111 - c110) * fz
+    c0 = c00 + (c01 - c00) * fy
+    c1 = c10 + (c11 - c10) * fy
+    d1 = (c01 - c00) * (1.0 - fx) + (c11 - c10) * fx
+    e0 = (c001 - c000) * (1.0 - fy) + (c011 - c010) * fy
+    e1 = (c101 - c100) * (1.0 - fy) + (c111 - c110) * fy
+    return c0 + (c1 - c0) * fx, c1 - c0, d1, e0 * (1.0 - fx) + e1 * fx
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def warp_with_gradient(moving, disp, warped, gradient):
     """Trilinear pull-back warp of every channel and the gradient of the interpolant there.
@@ -56,27 +72,23 @@ def warp_with_gradient(moving, disp, warped, gradient):
                 k0, fz, gz = _corner(n2, k + disp[2, i, j, k])
                 i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
                 for c in range(nc):
-                    c000 = moving[c, i0, j0, k0]
-                    c001 = moving[c, i0, j0, k1]
-                    c010 = moving[c, i0, j1, k0]
-                    c011 = moving[c, i0, j1, k1]
-                    c100 = moving[c, i1, j0, k0]
-                    c101 = moving[c, i1, j0, k1]
-                    c110 = moving[c, i1, j1, k0]
-                    c111 = moving[c, i1, j1, k1]
-                    c00 = c000 + (c001 - c000) * fz
-                    c01 = c010 + (c011 - c010) * fz
-                    c10 = c100 + (c101 - c100) * fz
-                    c11 = c110 + (c111 - c110) * fz
-                    c0 = c00 + (c01 - c00) * fy
-                    c1 = c10 + (c11 - c10) * fy
-                    warped[c, i, j, k] = c0 + (c1 - c0) * fx
-                    gradient[c, 0, i, j, k] = gx * (c1 - c0)
-                    d0 = (c01 - c00) * (1.0 - fx) + (c11 - c10) * fx
-                    gradient[c, 1, i, j, k] = gy * d0
-                    e0 = (c001 - c000) * (1.0 - fy) + (c011 - c010) * fy
-                    e1 = (c101 - c100) * (1.0 - fy) + (c111 - c110) * fy
-                    gradient[c, 2, i, j, k] = gz * (e0 * (1.0 - fx) + e1 * fx)
+                    value, d0, d1, d2 = _trilinear(
+                        moving[c, i0, j0, k0],
+                        moving[c, i0, j0, k1],
+                        moving[c, i0, j1, k0],
+                        moving[c, i0, j1, k1],
+                        moving[c, i1, j0, k0],
+                        moving[c, i1, j0, k1],
+                        moving[c, i1, j1, k0],
+                        moving[c, i1, j1, k1],
+                        fx,
+                        fy,
+                        fz,
+                    )
+                    warped[c, i, j, k] = value
+                    gradient[c, 0, i, j, k] = gx * d0
+                    gradient[c, 1, i, j, k] = gy * d1
+                    gradient[c, 2, i, j, k] = gz * d2
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -312,27 +324,24 @@ def _ssd_warp_field(fixed, moving_last, disp, out):
                 g1 = 0.0
                 g2 = 0.0
                 for c in range(nc):
-                    c000 = moving_last[i0, j0, k0, c]
-                    c001 = moving_last[i0, j0, k1, c]
-                    c010 = moving_last[i0, j1, k0, c]
-                    c011 = moving_last[i0, j1, k1, c]
-                    c100 = moving_last[i1, j0, k0, c]
-                    c101 = moving_last[i1, j0, k1, c]
-                    c110 = moving_last[i1, j1, k0, c]
-                    c111 = moving_last[i1, j1, k1, c]
-                    c00 = c000 + (c001 - c000) * fz
-                    c01 = c010 + (c011 - c010) * fz
-                    c10 = c100 + (c101 - c100) * fz
-                    c11 = c110 + (c111 - c110) * fz
-                    c0 = c00 + (c01 - c00) * fy
-                    c1 = c10 + (c11 - c10) * fy
-                    d = fixed[c, i, j, k] - (c0 + (c1 - c0) * fx)
+                    value, d0, d1, d2 = _trilinear(
+                        moving_last[i0, j0, k0, c],
+                        moving_last[i0, j0, k1, c],
+                        moving_last[i0, j1, k0, c],
+                        moving_last[i0, j1, k1, c],
+                        moving_last[i1, j0, k0, c],
+                        moving_last[i1, j0, k1, c],
+                        moving_last[i1, j1, k0, c],
+                        moving_last[i1, j1, k1, c],
+                        fx,
+                        fy,
+                        fz,
+                    )
+                    d = fixed[c, i, j, k] - value
                     acc += d * d
-                    g0 += d * (c1 - c0)
-                    g1 += d * ((c01 - c00) * (1.0 - fx) + (c11 - c10) * fx)
-                    e0 = (c001 - c000) * (1.0 - fy) + (c011 - c010) * fy
-                    e1 = (c101 - c100) * (1.0 - fy) + (c111 - c110) * fy
-                    g2 += d * (e0 * (1.0 - fx) + e1 * fx)
+                    g0 += d * d0
+                    g1 += d * d1
+                    g2 += d * d2
                 out[0, i, j, k] = gx * g0
                 out[1, i, j, k] = gy * g1
                 out[2, i, j, k] = gz * g2
