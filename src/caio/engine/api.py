@@ -45,10 +45,8 @@ contrast (:mod:`caio.engine.intensity_map`); ``mind``: MIND-SSC descriptors' squ
 ``EngineConfig.remap_min_explained`` of the fixed image's variance, ``mind`` (from that first field) if not."""
 SAME_CONTRAST_SIMILARITY = "lncc"
 CROSS_CONTRAST_SIMILARITY = "mind"
-"""What ``similarity="auto"`` (and the pipeline) use for a cross-contrast pair: MIND-SSC beat remapping on
-real contrasts (known warps, endpoint error 0.77 vs 1.38 voxels on the SPM T2 template, 1.59 vs 2.55 on a
-subject's PD) and on 10 synthetic pairs with scanner artefacts (Dice 0.565 vs 0.501); remapping wins only on
-the label-drawn LUMIR-like pairs (0.629 vs 0.592), whose intensities are a function of the tissue by construction."""
+"""What ``similarity="auto"`` (and the pipeline) use for a cross-contrast pair: MIND-SSC beat remapping on real
+contrasts (known warps) and on synthetic pairs with scanner artefacts; remapping only on label-drawn ones (README)."""
 
 
 @dataclass(frozen=True)
@@ -57,29 +55,20 @@ class EngineConfig:
 
     Attributes:
         factors: pyramid levels, coarsest first, as grid-size divisors (1 = full resolution).
-        iterations: iterations per level (same length as ``factors``); 200, 100, 20 beat 100, 50, 20
-            (Greedy's schedule) by Dice +0.0018 on the 8 LUMIR-like T1 <- T1 pairs, for +3 s per pair.
+        iterations: iterations per level (same length as ``factors``; measured choices: README).
         radius: LNCC window half-width in voxels (3 -> 7^3 window); one value for every level, or
             one per level of ``factors`` (coarsest first).
-        squared_radius: window half-width of the squared LNCC (``"lncc2"``, cross contrast), one
-            value or one per level: 2 (5^3) was better there (Dice 0.611 vs 0.595 with 7^3 on a
-            LUMIR-like T1 <- T2-like pair).
+        squared_radius: window half-width of the squared LNCC (``"lncc2"``), one value or one per level.
         remap_factors, remap_iterations: the pyramid of ``similarity="remap"`` (as ``factors`` and
             ``iterations``): squared LNCC at 1/4 and 1/2, then LNCC on the remapped image at 1/2 and 1.
-            200, 60, 60, 10: Dice 0.629 on the 6 LUMIR-like cross-contrast pairs (squared LNCC alone:
-            0.610) in about 21 s per pair; 200, 100, 50, 20 gained 0.001 more for 7 s more (3 pairs).
         remap_from: index (in ``remap_factors``) of the first level that registers the remapped
             moving image with LNCC; the levels before it use ``"lncc2"``. The map is fitted afresh
             before each such level, from the field reached so far.
         remap_bins: moving-intensity bins of the map.
         remap_min_explained: ``similarity="cross"``: the share of the fixed image's variance the map must
-            explain after the first level (:func:`caio.engine.intensity_map.explained_variance`) for the
-            pair to be remapped; below it the pair is registered with MIND-SSC. 0.34 lies between the
-            clean LUMIR-like pairs (0.357-0.534) and the synthetic pairs with artefacts (0.123-0.321).
-        eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]): 1e-4 beat 1e-3 on
-            each of the 8 LUMIR-like T1 <- T1 pairs (Dice 0.6775 vs 0.6728; 3e-4: 0.6761); 3e-3 was worse;
-            3e-5 gained 0.0008 on those 8 but lost on the real 1 mm pair (0.8076 vs 0.8091) and the
-            cross-contrast pairs (0.6291 vs 0.6324).
+            explain after the first level (:func:`caio.engine.intensity_map.explained_variance`) to be
+            remapped, else MIND-SSC (LUMIR-like pairs: 0.357-0.534, synthetic with artefacts: 0.123-0.321).
+        eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]; 1e-4 measured best, README).
         level: step and smoothing of every level (:class:`LevelSettings`).
         steps: largest update per iteration for each level (voxels of that level), overriding
             ``level.step``; ``None`` uses ``level.step`` everywhere.
@@ -88,15 +77,15 @@ class EngineConfig:
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the full-resolution
             image; the descriptors are computed there once and resampled for the coarser levels).
         mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxels beat 0.5 (Dice
-            0.5666 vs 0.5583 on 10 synthetic cross-contrast pairs; 1.0: 0.5648).
+            0.5666 vs 0.5583 on 10 synthetic cross-contrast pairs; 1.0: 0.5648). ``"mind"`` first runs the
+            first level of ``remap_factors`` (squared LNCC) and starts the descriptors only if they
+            (``mind_seconds_per_voxel`` per voxel, both images; measured 6.5e-7) fit before the deadline.
         min_iterations: a level that would get fewer iterations than this is skipped.
-        prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) used to plan
-            the first level before anything has been measured.
+        prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
         crop_margin: register inside the bounding box of the non-zero voxels of either image,
             grown by this many voxels (``-1``: the whole grid).
-        warped_gradient: on the CPU, take the image gradient of the warped image (central
-            differences, as the PyTorch path) instead of the moving image's gradient at the
-            warped point.
+        warped_gradient: on the CPU, central differences of the warped image (as the PyTorch path)
+            instead of the moving image's gradient at the warped point.
         cpu_kernels: on the CPU, use the fused Numba kernels (:mod:`caio.engine.cpu_kernels`);
             ``False`` runs the PyTorch path there too.
     """
@@ -118,6 +107,7 @@ class EngineConfig:
     mind_radius: int = 1
     mind_dilation: int = 1
     mind_level: LevelSettings = field(default_factory=lambda: LevelSettings(sigma_field=0.75))
+    mind_seconds_per_voxel: float = 1e-6
     min_iterations: int = 3
     prior_seconds_per_voxel: float = 2e-7
     crop_margin: int = 8
@@ -271,12 +261,13 @@ def register(
         init = init[(..., *box)]
     crop_shape = tuple(fixed.shape[2:])
     trace = EngineTrace(similarity=kind)
-    factors, wanted = cfg.schedule(kind)
-    if kind in ("remap", "cross") and len(factors) != len(cfg.factors):
+    factors, wanted = cfg.schedule("remap" if kind == "mind" else kind)
+    if kind in ("remap", "cross", "mind") and len(factors) != len(cfg.factors):
         for name in ("radius", "squared_radius", "steps"):
             if isinstance(getattr(cfg, name), tuple):
                 raise ValueError(f"{name} has one value per level of factors, but remap_factors has {len(factors)}")
-    route = "remap" if kind == "cross" else kind  # "cross" may turn to "mind" after its first level
+    # "mind" and "cross" start with remap's first level (squared LNCC, cheap: a coarse field before the descriptors)
+    route = "remap" if kind in ("cross", "mind") else kind
 
     def level_kind(index: int) -> str:
         if route == "remap":
@@ -312,10 +303,20 @@ def register(
     while index + 1 < len(factors):
         index += 1
         factor = factors[index]
-        if kind == "cross" and route == "remap" and index == 1 and disp is not None:
-            full = spatial.resize_displacement(disp, crop_shape)
-            trace.explained = explained_variance(fixed, spatial.warp(moving, full), cfg.remap_bins)
-            if trace.explained < cfg.remap_min_explained:  # remapping would register a poor copy: MIND-SSC instead
+        if kind in ("cross", "mind") and route == "remap" and index == 1 and (disp is not None or kind == "mind"):
+            if kind == "cross":
+                full = spatial.resize_displacement(disp, crop_shape)
+                trace.explained = explained_variance(fixed, spatial.warp(moving, full), cfg.remap_bins)
+            if kind == "mind" or trace.explained < cfg.remap_min_explained:  # MIND-SSC from here on
+                # the descriptors take seconds at 1 mm and cannot be interrupted: start them only if they and a
+                # few iterations of the coarsest MIND level fit before the deadline
+                coarse = fixed[0, 0].numel() / cfg.mind_factors[0] ** 3
+                needed = cfg.mind_seconds_per_voxel * fixed[0, 0].numel() + (cfg.min_iterations + 2) * 12 * (
+                    cost.iteration_seconds(int(coarse))
+                )
+                if deadline is not None and deadline - time.monotonic() < needed:
+                    trace.stopped_by_deadline, route = True, "lncc2"  # what ran: the squared-LNCC field stands
+                    break
                 route = "mind"
                 factors, wanted = cfg.schedule("mind")
                 kernels = make_kernels(0)
