@@ -308,16 +308,14 @@ def register(
                 full = spatial.resize_displacement(disp, crop_shape)
                 trace.explained = explained_variance(fixed, spatial.warp(moving, full), cfg.remap_bins)
             if kind == "mind" or trace.explained < cfg.remap_min_explained:  # MIND-SSC from here on
-                # the descriptors take seconds at 1 mm and cannot be interrupted: start them only if they and a
-                # few iterations of the coarsest MIND level fit before the deadline
+                # the descriptors take seconds at 1 mm and cannot be interrupted: start them only if they and a few
+                # iterations of the coarsest MIND level fit before the deadline, else go on with squared LNCC
                 coarse = fixed[0, 0].numel() / cfg.mind_factors[0] ** 3
                 needed = cfg.mind_seconds_per_voxel * fixed[0, 0].numel() + (cfg.min_iterations + 2) * 12 * (
                     cost.iteration_seconds(int(coarse))
                 )
-                if deadline is not None and deadline - time.monotonic() < needed:
-                    trace.stopped_by_deadline, route = True, "lncc2"  # what ran: the squared-LNCC field stands
-                    break
-                route = "mind"
+                route = "lncc2" if deadline is not None and deadline - time.monotonic() < needed else "mind"
+            if route == "mind":
                 factors, wanted = cfg.schedule("mind")
                 kernels = make_kernels(0)
                 fixed_levels, moving_levels, shapes, voxels, cost = build_levels()
