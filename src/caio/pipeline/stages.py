@@ -209,7 +209,9 @@ def run_engine(
         trace.record("engine", "skipped", seconds, "engine ran 0 iterations (budget too short)", engine=info)
         return None
     before, after = etrace.similarity_before, etrace.similarity_after
-    detail = f"{similarity}, {etrace.iterations} iterations" + (
+    # e.g. "lncc2 instead of mind": the MIND-SSC descriptors did not fit the budget, squared LNCC ran instead
+    ran = similarity if etrace.similarity == similarity else f"{etrace.similarity} instead of {similarity}"
+    detail = f"{ran}, {etrace.iterations} iterations" + (
         f", similarity {before:.4f} -> {after:.4f}" if before is not None and after is not None else ""
     )
     trace.record("engine", outcome, seconds, detail, iterations=etrace.iterations, engine=info)
