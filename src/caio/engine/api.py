@@ -27,7 +27,7 @@ from functools import partial
 import torch
 
 from caio import spatial
-from caio.contrast.mind import mind_ssc
+from caio.contrast.mind import MIND_CHANNELS, mind_ssc
 from caio.engine import images
 from caio.engine.cpu_backend import NumbaKernels
 from caio.engine.intensity_map import explained_variance
@@ -291,7 +291,7 @@ def register(
         f_levels, m_levels = images.pyramid(f, factors, kernels), images.pyramid(m, factors, kernels)
         level_shapes = [tuple(f_levels[k].shape[2:]) for k in factors]
         counts = [int(torch.Size(s).numel()) for s in level_shapes]
-        feature_cost = 12.0 if route == "mind" else 1.0  # MIND: 12 channels to warp and differentiate
+        feature_cost = float(MIND_CHANNELS) if route == "mind" else 1.0  # channels to warp and differentiate
         return f_levels, m_levels, level_shapes, counts, CostModel(cfg.prior_seconds_per_voxel * feature_cost)
 
     kernels = make_kernels(0)
@@ -311,7 +311,7 @@ def register(
                 # the descriptors take seconds at 1 mm and cannot be interrupted: start them only if they and a few
                 # iterations of the coarsest MIND level fit before the deadline, else go on with squared LNCC
                 coarse = fixed[0, 0].numel() / cfg.mind_factors[0] ** 3
-                needed = cfg.mind_seconds_per_voxel * fixed[0, 0].numel() + (cfg.min_iterations + 2) * 12 * (
+                needed = cfg.mind_seconds_per_voxel * fixed[0, 0].numel() + (cfg.min_iterations + 2) * MIND_CHANNELS * (
                     cost.iteration_seconds(int(coarse))
                 )
                 route = "lncc2" if deadline is not None and deadline - time.monotonic() < needed else "mind"
