@@ -3,7 +3,9 @@
 :func:`register` is the tensor-level entry point (also ``caio.register``); see :mod:`caio.engine.api`.
 """
 
-from caio.engine.api import EngineConfig, EngineTrace, LevelTrace, register, warm_up
+from caio.engine.api import register, warm_up
 from caio.engine.optimizer import LevelSettings
+from caio.engine.settings import EngineConfig
+from caio.engine.trace import EngineTrace, LevelTrace
 
 __all__ = ["EngineConfig", "EngineTrace", "LevelSettings", "LevelTrace", "register", "warm_up"]

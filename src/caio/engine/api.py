@@ -3,7 +3,8 @@
 Multi-resolution, anytime, greedy diffeomorphic optimisation (:mod:`caio.engine.optimizer`) of
 LNCC (same contrast), of squared LNCC followed by LNCC against the moving image remapped to the
 fixed contrast (cross contrast, :mod:`caio.engine.intensity_map`), or of the squared difference of
-MIND-SSC descriptors, coarse to fine over an image pyramid (:mod:`caio.engine.images`). Every
+MIND-SSC descriptors (then LNCC against the moving image remapped on the MIND-SSC-aligned pair), coarse
+to fine over an image pyramid (:mod:`caio.engine.images`). Every
 level yields a valid field; the deadline is checked every iteration, and the schedule
 (:mod:`caio.engine.schedule`) trims the finest level's iterations first when time is short.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -31,156 +31,26 @@ from caio.contrast.mind import MIND_CHANNELS, mind_ssc
 from caio.engine import images
 from caio.engine.cpu_backend import NumbaKernels
 from caio.engine.intensity_map import explained_variance
-from caio.engine.optimizer import LevelSettings, TorchKernels, optimise_level
+from caio.engine.optimizer import TorchKernels, optimise_level
 from caio.engine.schedule import CostModel, plan_iterations
+from caio.engine.settings import EngineConfig
 from caio.engine.similarity import lncc_and_gradient, ssd_and_gradient
+from caio.engine.trace import EngineTrace, LevelTrace
 
 log = logging.getLogger(__name__)
 
 SIMILARITIES = ("auto", "lncc", "lncc2", "remap", "mind", "cross")
 """``lncc``: local normalised cross-correlation (same contrast); ``lncc2``: its square (any contrast);
 ``remap``: ``lncc2`` on the coarse levels, then LNCC against the moving image remapped to the fixed
-contrast (:mod:`caio.engine.intensity_map`); ``mind``: MIND-SSC descriptors' squared difference;
+contrast (:mod:`caio.engine.intensity_map`); ``mind``: MIND-SSC descriptors' squared difference, then
+(``EngineConfig.mind_remap_factors``) LNCC against the moving image remapped with the map fitted on that field;
 ``cross``: ``remap``'s first level, then ``remap`` if the intensity map explains at least
 ``EngineConfig.remap_min_explained`` of the fixed image's variance, ``mind`` (from that first field) if not."""
 SAME_CONTRAST_SIMILARITY = "lncc"
 CROSS_CONTRAST_SIMILARITY = "mind"
 """What ``similarity="auto"`` (and the pipeline) use for a cross-contrast pair: MIND-SSC beat remapping on real
-contrasts (known warps) and on synthetic pairs with scanner artefacts; remapping only on label-drawn ones (README)."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Settings of :func:`register`.
-
-    Attributes:
-        factors: pyramid levels, coarsest first, as grid-size divisors (1 = full resolution).
-        iterations: iterations per level (same length as ``factors``; measured choices: README).
-        radius: LNCC window half-width in voxels (3 -> 7^3 window); one value for every level, or
-            one per level of ``factors`` (coarsest first).
-        squared_radius: window half-width of the squared LNCC (``"lncc2"``), one value or one per level.
-        remap_factors, remap_iterations: the pyramid of ``similarity="remap"`` (as ``factors`` and
-            ``iterations``): squared LNCC at 1/4 and 1/2, then LNCC on the remapped image at 1/2 and 1.
-        remap_from: index (in ``remap_factors``) of the first level that registers the remapped
-            moving image with LNCC; the levels before it use ``"lncc2"``. The map is fitted afresh
-            before each such level, from the field reached so far.
-        remap_bins: moving-intensity bins of the map.
-        remap_min_explained: ``similarity="cross"``: the share of the fixed image's variance the map must
-            explain after the first level (:func:`caio.engine.intensity_map.explained_variance`) to be
-            remapped, else MIND-SSC (LUMIR-like pairs: 0.357-0.534, synthetic with artefacts: 0.123-0.321).
-        eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]; 1e-4 measured best, README).
-        level: step and smoothing of every level (:class:`LevelSettings`).
-        steps: largest update per iteration for each level (voxels of that level), overriding
-            ``level.step``; ``None`` uses ``level.step`` everywhere.
-        mind_factors, mind_iterations: the MIND-SSC pyramid and its iterations (10 at full resolution: as good
-            as 20 on 10 synthetic pairs, 0.558 both, in 2.8 s instead of 4.1 s per pair).
-        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the full-resolution
-            image; the descriptors are computed there once and resampled for the coarser levels).
-        mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxels beat 0.5 (Dice
-            0.5666 vs 0.5583 on 10 synthetic cross-contrast pairs; 1.0: 0.5648). ``"mind"`` first runs the
-            first level of ``remap_factors`` (squared LNCC) and starts the descriptors only if they
-            (``mind_seconds_per_voxel`` per voxel, both images; measured 6.5e-7) fit before the deadline.
-        min_iterations: a level that would get fewer iterations than this is skipped.
-        prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
-        crop_margin: register inside the bounding box of the non-zero voxels of either image,
-            grown by this many voxels (``-1``: the whole grid).
-        warped_gradient: on the CPU, central differences of the warped image (as the PyTorch path)
-            instead of the moving image's gradient at the warped point.
-        cpu_kernels: on the CPU, use the fused Numba kernels (:mod:`caio.engine.cpu_kernels`);
-            ``False`` runs the PyTorch path there too.
-    """
-
-    factors: tuple[int, ...] = (4, 2, 1)
-    iterations: tuple[int, ...] = (200, 100, 20)
-    radius: int | tuple[int, ...] = 3
-    squared_radius: int | tuple[int, ...] = 2
-    remap_factors: tuple[int, ...] = (4, 2, 2, 1)
-    remap_iterations: tuple[int, ...] = (200, 60, 60, 10)
-    remap_from: int = 2
-    remap_bins: int = 64
-    remap_min_explained: float = 0.34
-    eps: float = 1e-4
-    level: LevelSettings = field(default_factory=LevelSettings)
-    steps: tuple[float, ...] | None = None
-    mind_factors: tuple[int, ...] = (4, 2, 1)
-    mind_iterations: tuple[int, ...] = (100, 50, 10)
-    mind_radius: int = 1
-    mind_dilation: int = 1
-    mind_level: LevelSettings = field(default_factory=lambda: LevelSettings(sigma_field=0.75))
-    mind_seconds_per_voxel: float = 1e-6
-    min_iterations: int = 3
-    prior_seconds_per_voxel: float = 2e-7
-    crop_margin: int = 8
-    warped_gradient: bool = False
-    cpu_kernels: bool = True
-
-    def __post_init__(self) -> None:
-        for kind in ("lncc", "remap", "mind"):
-            factors, iterations = self.schedule(kind)
-            if len(factors) != len(iterations):
-                raise ValueError(f"the {kind} pyramid's factors and iterations must have the same length")
-            if any(f < 1 for f in factors):
-                raise ValueError("pyramid factors must be >= 1")
-        for name in ("radius", "squared_radius", "steps"):
-            value = getattr(self, name)
-            if isinstance(value, tuple) and len(value) != len(self.factors):
-                raise ValueError(f"{name} must have one value per level of factors ({len(self.factors)})")
-
-    def schedule(self, kind: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """``(factors, iterations)`` of the pyramid used for similarity ``kind``."""
-        if kind == "mind":
-            return self.mind_factors, self.mind_iterations
-        if kind in ("remap", "cross"):
-            return self.remap_factors, self.remap_iterations
-        return self.factors, self.iterations
-
-    def level_radius(self, kind: str, index: int) -> int:
-        """LNCC window half-width of level ``index`` for ``kind`` (``"lncc"`` or ``"lncc2"``)."""
-        value = self.squared_radius if kind == "lncc2" else self.radius
-        return value[index] if isinstance(value, tuple) else value
-
-
-@dataclass
-class LevelTrace:
-    """One pyramid level: grid, iterations planned and done, similarity (its kind and values), seconds."""
-
-    factor: int
-    shape: tuple[int, ...]
-    planned: int
-    done: int
-    similarity_start: float | None
-    similarity_end: float | None
-    seconds: float
-    similarity: str = ""
-
-
-@dataclass
-class EngineTrace:
-    """What :func:`register` did.
-
-    ``similarity_before``/``similarity_after``: similarity of the initial field (zero or
-    ``init``) and of the returned field, both on the grid of the finest level that ran
-    (``None`` when no level ran). ``similarity`` is the one that ran (``"cross"`` reports ``"remap"`` or
-    ``"mind"``); ``explained``: the intensity map's share of the fixed variance that chose it (``"cross"``
-    only).
-    """
-
-    similarity: str
-    levels: list[LevelTrace] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped_by_deadline: bool = False
-    similarity_before: float | None = None
-    similarity_after: float | None = None
-    explained: float | None = None
-
-    @property
-    def iterations(self) -> int:
-        """Iterations done over all levels."""
-        return sum(level.done for level in self.levels)
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return dataclasses.asdict(self) | {"iterations": self.iterations}
+contrasts (known warps) and on synthetic pairs with scanner artefacts; remapping only on label-drawn ones, and one
+remapped full-resolution level after MIND-SSC helps those and leaves real contrasts as they were (README)."""
 
 
 def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tensor) -> str:
@@ -270,9 +140,15 @@ def register(
     route = "remap" if kind in ("cross", "mind") else kind
 
     def level_kind(index: int) -> str:
+        """``"lncc"`` on a remapping route (``remapped(index)``) is LNCC against the remapped moving image."""
         if route == "remap":
             return "lncc" if index >= cfg.remap_from else "lncc2"
-        return route
+        return "lncc" if remapped(index) else route
+
+    def remapped(index: int) -> bool:
+        if route == "mind":  # the levels after the MIND-SSC ones
+            return index >= len(cfg.mind_factors)
+        return route == "remap" and index >= cfg.remap_from
 
     def make_kernels(index: int) -> TorchKernels | NumbaKernels:
         similarity, radius = level_kind(index), cfg.level_radius(level_kind(index), index)
@@ -334,17 +210,21 @@ def register(
             torch.zeros((1, 3, *shape), device=device) if disp is None else spatial.resize_displacement(disp, shape)
         )
         f_img, m_img = fixed_levels[factor], moving_levels[factor]
-        if index > 0 and route != "mind":  # the window (and, for remap, the similarity) may change per level
+        if index > 0 and level_kind(index) != "mind":  # the window (and the similarity) may change per level
             kernels = make_kernels(index)
-        if level_kind(index) == "lncc" and route == "remap":
+        if remapped(index):
             m_img = images.remapped_moving(fixed, moving, current, factor, cfg.remap_bins, kernels)
+            if route == "mind":  # the fixed image itself, not its descriptors
+                f_img = images.pyramid(fixed, (factor,), kernels)[factor]
         # this level stops in time for the later levels' planned iterations and every running level's two passes
         reserve = overhead[0] + sum(
             n * cost.iteration_seconds(v) + o for n, v, o in zip(plan[1:], voxels[index + 1 :], overhead[1:]) if n > 0
         )
         level_deadline = None if deadline is None else deadline - reserve
-        if route == "mind":
+        if level_kind(index) == "mind":
             settings = cfg.mind_level
+        elif route == "mind":
+            settings = cfg.level
         else:
             settings = cfg.level if cfg.steps is None else dataclasses.replace(cfg.level, step=cfg.steps[index])
         result = optimise_level(f_img, m_img, current, kernels, plan[0], settings, level_deadline)
