@@ -209,13 +209,14 @@ def register(
         current = (
             torch.zeros((1, 3, *shape), device=device) if disp is None else spatial.resize_displacement(disp, shape)
         )
-        f_img, m_img = fixed_levels[factor], moving_levels[factor]
+        f_img, m_img = fixed_levels.get(factor), moving_levels.get(factor)
         if index > 0 and level_kind(index) != "mind":  # the window (and the similarity) may change per level
             kernels = make_kernels(index)
         if remapped(index):
             m_img = images.remapped_moving(fixed, moving, current, factor, cfg.remap_bins, kernels)
-            if route == "mind":  # the fixed image itself, not its descriptors
+            if route == "mind":  # the fixed image itself, not its descriptors, which are dropped (0.9 GB at 1 mm)
                 f_img = images.pyramid(fixed, (factor,), kernels)[factor]
+                fixed_levels, moving_levels, last = {}, {}, None
         # this level stops in time for the later levels' planned iterations and every running level's two passes
         reserve = overhead[0] + sum(
             n * cost.iteration_seconds(v) + o for n, v, o in zip(plan[1:], voxels[index + 1 :], overhead[1:]) if n > 0
