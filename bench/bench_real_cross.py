@@ -16,6 +16,8 @@ scored by its endpoint error against ``s`` inside the (warped) brain mask, in vo
 
     bench/.venv/bin/python bench/bench_real_cross.py                      # 3 seeds, lncc2 / remap / mind
     bench/.venv/bin/python bench/bench_real_cross.py --seeds 0 --similarities remap lncc2
+    bench/.venv/bin/python bench/bench_real_cross.py --similarities mind \
+        --config "mind_remap_factors=(), mind_remap_iterations=()"       # EngineConfig keyword arguments
 """
 
 from __future__ import annotations
@@ -119,12 +121,13 @@ def endpoint_error(disp: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) 
     return float(err.mean()), float(torch.quantile(err, 0.95))
 
 
-def run(pairs: list[Pair], similarities: list[str], seeds: list[int]) -> list[dict]:
+def run(pairs: list[Pair], similarities: list[str], seeds: list[int], config_text: str = "") -> list[dict]:
     from caio import spatial
-    from caio.engine import register
+    from caio.engine import EngineConfig, LevelSettings, register
     from caio.engine.api import warm_up
 
     warm_up()
+    config = eval(f"EngineConfig({config_text})", {"EngineConfig": EngineConfig, "LevelSettings": LevelSettings})
     rows = []
     for pair in pairs:
         fixed0 = torch.from_numpy(np.ascontiguousarray(pair.fixed, np.float32))[None, None]
@@ -138,7 +141,7 @@ def run(pairs: list[Pair], similarities: list[str], seeds: list[int]) -> list[di
             jacobian = float(spatial.jacobian_determinant(truth).min())
             for sim in ["lncc"] if pair.name.endswith("_t1") else similarities:  # T1 <- T1: the floor
                 t0 = time.perf_counter()
-                disp, trace = register(fixed, moving, similarity=sim)
+                disp, trace = register(fixed, moving, similarity=sim, config=config)
                 seconds = time.perf_counter() - t0
                 mean, p95 = endpoint_error(disp, truth, mask)
                 rows.append(
@@ -146,6 +149,7 @@ def run(pairs: list[Pair], similarities: list[str], seeds: list[int]) -> list[di
                         pair=pair.name,
                         seed=seed,
                         similarity=sim,
+                        config=config_text,
                         ran=trace.similarity,
                         explained=trace.explained,
                         epe=mean,
@@ -178,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--sets", nargs="+", default=["spm", "chris"], choices=["spm", "chris"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--config", default="", help="EngineConfig keyword arguments as Python text")
     p.add_argument("--out", type=Path, default=HERE / "out")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pairs = [pair for s in args.sets for pair in {"spm": spm_pairs, "chris": chris_pairs}[s]()]
-    rows = run(pairs, args.similarities, args.seeds)
+    rows = run(pairs, args.similarities, args.seeds, args.config)
     text = table(rows)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)

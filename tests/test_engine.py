@@ -143,6 +143,30 @@ def test_numba_and_torch_paths_recover_the_same_warp_equally_well():
     assert max(errors) < 0.6 * before and abs(errors[0] - errors[1]) < 0.25 * before, (errors, before)
 
 
+def test_cpu_update_writes_into_the_spare_field_and_gives_the_same_step():
+    shape = (10, 12, 11)
+    disp, gradient = _smooth_random(shape, 3, 2.0, 1.0, 20), _smooth_random(shape, 3, 1.0, 1.0, 21)
+    settings = LevelSettings(step=0.5)
+    fresh = NumbaKernels("lncc", 2, 1e-3).update(disp, gradient, settings)
+    spare = torch.full((1, 3, *shape), float("nan"))
+    reused = NumbaKernels("lncc", 2, 1e-3).update(disp, gradient, settings, spare)
+    assert reused.data_ptr() == spare.data_ptr() and torch.equal(reused, fresh)
+    assert fresh.data_ptr() != disp.data_ptr()
+
+
+def test_the_best_field_a_level_returns_is_never_overwritten_by_later_updates():
+    shape = (24, 26, 24)
+    moving = _smooth_random(shape, 1, 1.5, 1.0, 10)
+    fixed = spatial.warp(moving, _smooth_random(shape, 3, 4.0, 2.0, 11))
+    init = torch.zeros((1, 3, *shape))
+    kernels = NumbaKernels("lncc", 2, 1e-3)
+    # a large step overshoots, so that the best field is an early one while later updates reuse buffers
+    level = optimise_level(fixed, moving, init, kernels, 30, LevelSettings(step=3.0))
+    rescored, _ = kernels.similarity_field(fixed, moving, level.displacement)
+    assert rescored == pytest.approx(level.similarity_best, abs=1e-6)
+    assert torch.count_nonzero(init) == 0  # the caller's field is never a spare
+
+
 # ------------------------------------------------------------------ registration behaviour
 
 

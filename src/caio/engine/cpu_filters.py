@@ -19,17 +19,16 @@ def _filter_axis0(src, dst, weights, replicate):
     r = (weights.shape[0] - 1) // 2
     for i in prange(n0):
         for c in range(nc):
-            for j in range(n1):
+            for j in range(n1):  # one output row at a time: it stays in the L1 cache while the taps add up
                 for k in range(n2):
                     dst[c, i, j, k] = 0.0
-            for t in range(-r, r + 1):
-                ii = i + t
-                if ii < 0 or ii >= n0:
-                    if not replicate:
-                        continue
-                    ii = min(max(ii, 0), n0 - 1)
-                w = weights[t + r]
-                for j in range(n1):
+                for t in range(-r, r + 1):
+                    ii = i + t
+                    if ii < 0 or ii >= n0:
+                        if not replicate:
+                            continue
+                        ii = min(max(ii, 0), n0 - 1)
+                    w = weights[t + r]
                     for k in range(n2):
                         dst[c, i, j, k] += w * src[c, ii, j, k]
 

@@ -279,7 +279,8 @@ def lncc_displacement_gradient(
         disp: ``(3, D0, D1, D2)`` voxels.
     Returns:
         ``(similarity, field)``: field ``(3, D0, D1, D2)`` = d similarity / d warped times the
-        gradient of the moving image at the warped point (ascent direction).
+        gradient of the moving image at the warped point (ascent direction); it is ``work``'s array
+        ``"field"``, overwritten by the next call with the same workspace.
     """
     shape = fixed.shape
     work = work or Workspace()
@@ -297,7 +298,7 @@ def lncc_displacement_gradient(
     total = _lncc_terms(stats, n, (n * eps) ** 2, squared, terms)
     boxed = separable_filter(terms, ones, False, work.get("boxed", (4, *shape)), work)
     count = float(fixed.size)
-    out = np.empty((3, *shape), np.float32)
+    out = work.get("field", (3, *shape))
     _lncc_field(fixed, warped[0], grad, boxed, 1.0 / count, out)
     return float(total) / count, out
 
@@ -349,20 +350,23 @@ def _ssd_warp_field(fixed, moving_last, disp, out):
     return partial.sum()
 
 
-def ssd_displacement_gradient(fixed: np.ndarray, moving_last: np.ndarray, disp: np.ndarray) -> tuple[float, np.ndarray]:
+def ssd_displacement_gradient(
+    fixed: np.ndarray, moving_last: np.ndarray, disp: np.ndarray, out: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """``-mean(sum_c (F_c - W_c)^2)`` of feature maps and its gradient as a field.
 
     Args:
         fixed: ``(C, D0, D1, D2)`` features.
         moving_last: the moving features channel-last, ``(D0, D1, D2, C)`` (C-contiguous).
         disp: ``(3, D0, D1, D2)`` voxels.
+        out: ``(3, D0, D1, D2)`` float32 array that receives the field (default: a new one).
     Returns:
         ``(similarity, field)`` as :func:`lncc_displacement_gradient`.
     """
     shape = fixed.shape[1:]
     if moving_last.shape != (*shape, fixed.shape[0]):
         raise ValueError(f"moving features {moving_last.shape} are not channel-last {(*shape, fixed.shape[0])}")
-    out = np.empty((3, *shape), np.float32)
+    out = np.empty((3, *shape), np.float32) if out is None else out
     total = _ssd_warp_field(fixed, moving_last, disp, out)
     count = float(np.prod(shape))
     out *= 2.0 / count

@@ -142,9 +142,13 @@ class TorchKernels:
         """Gaussian blur (replicate padding), as :func:`caio.spatial.gaussian_blur`."""
         return spatial.gaussian_blur(image, sigma)
 
-    def update(self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings) -> torch.Tensor:
+    def update(
+        self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings, spare: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One regularised step: smooth the gradient, scale its longest vector to
-        ``settings.step`` voxels, compose (or add), smooth the field. Returns the new field."""
+        ``settings.step`` voxels, compose (or add), smooth the field. Returns the new field (a new tensor;
+        ``spare``, a field the caller no longer needs, may be reused by backends that manage memory
+        themselves: PyTorch's allocator already caches, so it is ignored here)."""
         if settings.sigma_update > 0:
             gradient = spatial.gaussian_blur(gradient, settings.sigma_update)
         lengths = gradient.square().sum(dim=1).sqrt()
@@ -189,6 +193,7 @@ def optimise_level(
     start = time.monotonic()
     u = init
     best_u, best_sim, first_sim = init, float("-inf"), None
+    spare = None  # a field made here that is neither ``u`` nor ``best_u``: the next update may write into it
     done, passes, stopped = 0, 0, False
     longest = 0.0  # longest pass so far: a pass starts only if one that long still ends before the deadline
     for _ in range(iterations + 1):  # the last pass only scores the final field
@@ -200,11 +205,15 @@ def optimise_level(
         passes += 1
         first_sim = sim if first_sim is None else first_sim
         if sim > best_sim:
+            if best_u is not u and best_u is not init:
+                spare = best_u
             best_u, best_sim = u, sim
         if done == iterations:
             break
-        u = kernels.update(u, grad, settings.at_iteration(done, iterations))
+        new_u = kernels.update(u, grad, settings.at_iteration(done, iterations), spare)
         del grad
+        spare = u if u is not best_u and u is not init else None
+        u = new_u
         done += 1
         longest = max(longest, time.monotonic() - now)
     if first_sim is None:
