@@ -15,10 +15,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import docker" 2>/dev/null; then
-    echo "validate.sh: the Python package 'docker' is missing: pip install -e '.[test]'" >&2
-    exit 2
-fi
+for package in docker nibabel numpy; do
+    if ! "$PYTHON" -c "import $package" 2>/dev/null; then
+        echo "validate.sh: the Python package '$package' is missing for $PYTHON: pip install -e '.[test]' (or set PYTHON)" >&2
+        exit 2
+    fi
+done
 start=$SECONDS
 status=0
 "$PYTHON" scripts/validate.py "$@" || status=$?

@@ -45,3 +45,22 @@ def test_validate_sh_builds_runs_and_checks_the_container(tmp_path):
     assert summary["container_exit"] == 0 and summary["ok"] and not summary["problems"]
     assert len(summary["pairs"]) == len(pairs) and all(p["valid"] for p in summary["pairs"])
     assert "validate: PASS" in proc.stdout
+
+
+def test_validate_sh_names_a_missing_python_package_in_one_line_without_a_traceback(tmp_path):
+    import sys
+
+    bare = tmp_path / "python-without-site-packages"  # the real interpreter, as on a machine with nothing installed
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "validate.sh")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(bare)},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'docker' is missing" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
