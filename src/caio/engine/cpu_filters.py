@@ -14,43 +14,28 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _filter_axis0(src, dst, weights, replicate):
+def _filter_outer_axis(src, dst, weights, replicate, axis):
+    """The 1-D kernel along spatial axis 0 or 1 (``axis``): each output row along the contiguous last axis is a
+    weighted sum of whole source rows, and stays in the L1 cache while the taps add up."""
     nc, n0, n1, n2 = src.shape
     r = (weights.shape[0] - 1) // 2
-    for i in prange(n0):
-        for c in range(nc):
-            for j in range(n1):  # one output row at a time: it stays in the L1 cache while the taps add up
-                for k in range(n2):
-                    dst[c, i, j, k] = 0.0
-                for t in range(-r, r + 1):
-                    ii = i + t
-                    if ii < 0 or ii >= n0:
-                        if not replicate:
-                            continue
-                        ii = min(max(ii, 0), n0 - 1)
-                    w = weights[t + r]
-                    for k in range(n2):
-                        dst[c, i, j, k] += w * src[c, ii, j, k]
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def _filter_axis1(src, dst, weights, replicate):
-    nc, n0, n1, n2 = src.shape
-    r = (weights.shape[0] - 1) // 2
+    n = n0 if axis == 0 else n1
     for i in prange(n0):
         for c in range(nc):
             for j in range(n1):
                 for k in range(n2):
                     dst[c, i, j, k] = 0.0
+                centre = np.int64(i) if axis == 0 else np.int64(j)  # one integer type (prange may be unsigned)
                 for t in range(-r, r + 1):
-                    jj = j + t
-                    if jj < 0 or jj >= n1:
+                    along = centre + t
+                    if along < 0 or along >= n:
                         if not replicate:
                             continue
-                        jj = min(max(jj, 0), n1 - 1)
+                        along = min(max(along, 0), n - 1)
+                    row = src[c, along, j] if axis == 0 else src[c, i, along]
                     w = weights[t + r]
                     for k in range(n2):
-                        dst[c, i, j, k] += w * src[c, i, jj, k]
+                        dst[c, i, j, k] += w * row[k]
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -102,7 +87,7 @@ def separable_filter(
     weights = np.ascontiguousarray(weights, dtype=np.float32)
     a = np.empty_like(x) if out is None else out
     b = np.empty_like(x) if work is None else work.get(f"filter{x.shape[0]}", x.shape)
-    _filter_axis0(x, a, weights, replicate)
-    _filter_axis1(a, b, weights, replicate)
+    _filter_outer_axis(x, a, weights, replicate, 0)
+    _filter_outer_axis(a, b, weights, replicate, 1)
     _filter_axis2(b, a, weights, replicate)
     return a
