@@ -398,6 +398,10 @@ def test_bad_inputs_are_rejected_with_a_message():
         register(torch.full((1, 1, 8, 8, 8), float("nan")), torch.rand(1, 1, 8, 8, 8))
     with pytest.raises(ValueError, match="similarity"):
         register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="ncc")
+    # a window per level of factors cannot serve the longer MIND-SSC pyramid (its remapped level would index past it)
+    per_level = EngineConfig(radius=(3, 3, 3), remap_factors=(4, 2, 1), remap_iterations=(20, 10, 5), remap_from=1)
+    with pytest.raises(ValueError, match=r"mind_factors \+ mind_remap_factors have 4"):
+        register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="mind", config=per_level)
 
 
 # ------------------------------------------------------------------ schedule

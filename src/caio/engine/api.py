@@ -132,18 +132,22 @@ def register(
     crop_shape = tuple(fixed.shape[2:])
     trace = EngineTrace(similarity=kind)
     factors, wanted = cfg.schedule("remap" if kind == "mind" else kind)
-    if kind in ("remap", "cross", "mind") and len(factors) != len(cfg.factors):
-        for name in ("radius", "squared_radius", "steps"):
-            if isinstance(getattr(cfg, name), tuple):
-                raise ValueError(f"{name} has one value per level of factors, but remap_factors has {len(factors)}")
+    other_pyramids = {"remap": ("remap",), "cross": ("remap", "mind"), "mind": ("remap", "mind")}.get(kind, ())
+    for pyramid in other_pyramids:  # per-level values are indexed by these pyramids' levels too
+        levels = len(cfg.schedule(pyramid)[0])
+        fields = "remap_factors has" if pyramid == "remap" else "mind_factors + mind_remap_factors have"
+        # the MIND-SSC pyramid's remapped levels read the LNCC window by index; its other values are its own
+        for name in ("radius", "squared_radius", "steps") if pyramid == "remap" else ("radius",):
+            if levels != len(cfg.factors) and isinstance(getattr(cfg, name), tuple):
+                raise ValueError(f"{name} has one value per level of factors, but {fields} {levels}")
     # "mind" and "cross" start with remap's first level (squared LNCC, cheap: a coarse field before the descriptors)
     route = "remap" if kind in ("cross", "mind") else kind
 
     def level_kind(index: int) -> str:
-        """``"lncc"`` on a remapping route (``remapped(index)``) is LNCC against the remapped moving image."""
-        if route == "remap":
-            return "lncc" if index >= cfg.remap_from else "lncc2"
-        return "lncc" if remapped(index) else route
+        """``"lncc"`` on a remapped level (``remapped(index)``) is LNCC against the remapped moving image."""
+        if remapped(index):
+            return "lncc"
+        return "lncc2" if route == "remap" else route
 
     def remapped(index: int) -> bool:
         if route == "mind":  # the levels after the MIND-SSC ones
