@@ -122,12 +122,14 @@ def endpoint_error(disp: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) 
 
 
 def run(pairs: list[Pair], similarities: list[str], seeds: list[int], config_text: str = "") -> list[dict]:
+    from tune_engine import config_from_text  # sibling script
+
     from caio import spatial
-    from caio.engine import EngineConfig, LevelSettings, register
+    from caio.engine import register
     from caio.engine.api import warm_up
 
     warm_up()
-    config = eval(f"EngineConfig({config_text})", {"EngineConfig": EngineConfig, "LevelSettings": LevelSettings})
+    config = config_from_text(config_text)
     rows = []
     for pair in pairs:
         fixed0 = torch.from_numpy(np.ascontiguousarray(pair.fixed, np.float32))[None, None]

@@ -53,11 +53,15 @@ def synth_cases(n: int) -> list[tuple]:
     return [(i, True, *(folder / f"{name}.nii.gz" for name in names)) for i, folder in enumerate(folders)]
 
 
+def config_from_text(text: str) -> EngineConfig:
+    """:class:`EngineConfig` from its keyword arguments as Python text (``LevelSettings`` may be used), e.g.
+    ``"mind_remap_iterations=(20,)"``; ``""`` gives the defaults. A development tool's input: evaluated as is."""
+    return eval(f"EngineConfig({text})", {"EngineConfig": EngineConfig, "LevelSettings": LevelSettings})
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(2)
-    config = eval(
-        f"EngineConfig({argv[0] if argv else ''})", {"EngineConfig": EngineConfig, "LevelSettings": LevelSettings}
-    )
+    config = config_from_text(argv[0] if argv else "")
     cases = synth_cases(int(argv[1].split(":")[1])) if len(argv) > 1 and argv[1].startswith("synth:") else []
     labels = None if cases else [v for v in json.loads((ROOT / "labels.json").read_text())["labels"] if v != 0]
     if not cases:
