@@ -1,14 +1,16 @@
 """One-command GPU measurement (issue 15.4): every figure the README needs, in one JSON.
 
-``bench/gpu_check.sh`` runs this (full: CUDA, 160x224x192, about 5-8 minutes on one GPU);
+``bench/gpu_check.sh`` runs this (full: CUDA, 160x224x192, about 3-5 minutes on one GPU);
 ``--smoke`` runs the same sections on the CPU at tiny sizes in well under a minute, so a slow test
-keeps it from rotting. Sections: environment (torch, CUDA, GPU); VFA forward time and peak memory
-in float32/float16/bfloat16 (random weights); Brain-ID untiled (random weights); the engine
-(:func:`caio.engine.register`) and the cascade (:func:`caio.refine.cascade.refine`, 50 steps at the
-GPU stages) on one ``test_data`` pair; ``predict.py`` on ``test_data/`` at the default budget with
-``--report``. A failing section records its error and the others still run.
+keeps it from rotting. Sections, most needed first: environment (torch, CUDA, GPU); the engine
+(:func:`caio.engine.register`) on each ``test_data`` pair after a warm-up call; ``predict.py`` at the
+default budget on ``test_data/`` and on each ``--dataset`` JSON, with the device's default refinement and
+(GPU) with the engine alone, every output folder scored like the evaluator; the cascade
+(:func:`caio.refine.cascade.refine`, 50 steps at the GPU stages); VFA forward time and peak memory in
+float32/float16/bfloat16 and Brain-ID untiled (random weights). A failing section records its error and
+the others still run.
 
-    bash bench/gpu_check.sh                       # -> bench/out/gpu_check_<stamp>.json
+    bash bench/gpu_check.sh --dataset DIR/LUMIR_like_dataset.json   # -> bench/out/gpu_check_<stamp>.json
     python bench/gpu_check.py --smoke --out /tmp/smoke.json
 """
 
@@ -33,7 +35,8 @@ FULL_SHAPE = (160, 224, 192)
 SMOKE_SHAPE = (32, 48, 40)
 SMOKE_NET_SHAPE = (16, 16, 16)
 """VFA and Brain-ID on the CPU: 16^3 (their smallest input) takes seconds; 32x48x40 takes minutes."""
-SECTIONS = ("environment", "vfa", "brainid", "engine", "cascade", "predict")
+SECTIONS = ("environment", "engine", "predict", "cascade", "vfa", "brainid")
+"""In order of what the README needs most (a timeout keeps the first ones)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -114,38 +117,49 @@ def brainid(device: torch.device, shape, smoke: bool, **_) -> dict:
     }
 
 
-def _pair(shape) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``test_data`` pair, resized to ``shape`` when that is not its own."""
+def _pairs(shape) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``test_data`` pairs (T1 <- T1, T1 <- T2-like), resized to ``shape`` when that is not theirs."""
     from caio.io import load_pairs, read_volume
     from caio.spatial import resize_image
 
-    pair = load_pairs(TEST_DATA / "LUMIR25_dataset.json", TEST_DATA, check_files=False)[0]
-    images = [torch.from_numpy(read_volume(p, None))[None, None] for p in (pair.fixed, pair.moving)]
-    if tuple(images[0].shape[2:]) != tuple(shape):
-        images = [resize_image(i, shape) for i in images]
-    return images[0], images[1]
+    pairs = []
+    for pair in load_pairs(TEST_DATA / "LUMIR25_dataset.json", TEST_DATA, check_files=False):
+        images = [torch.from_numpy(read_volume(p, None))[None, None] for p in (pair.fixed, pair.moving)]
+        if tuple(images[0].shape[2:]) != tuple(shape):
+            images = [resize_image(i, shape) for i in images]
+        pairs.append((images[0], images[1]))
+    return pairs
 
 
 def engine(device: torch.device, shape, **_) -> dict:
+    """:func:`caio.engine.register` on each ``test_data`` pair, after one untimed warm-up call (CUDA context,
+    kernel caches) whose time is reported as ``cold_seconds``."""
     from caio.engine import register
 
-    fixed, moving = (t.to(device) for t in _pair(shape))
-    _reset_peak(device)
-    (disp, trace), seconds = _timed(lambda: register(fixed, moving, device=device), device)
-    return {
-        "shape": list(shape),
-        "seconds": seconds,
-        "peak_gb": _peak_gb(device),
-        "iterations": trace.iterations,
-        "similarity_before": trace.similarity_before,
-        "similarity_after": trace.similarity_after,
-    }
+    pairs = [(f.to(device), m.to(device)) for f, m in _pairs(shape)]
+    _, cold = _timed(lambda: register(*pairs[0], device=device), device)
+    rows = []
+    for fixed, moving in pairs:
+        _reset_peak(device)
+        (_, trace), seconds = _timed(lambda f=fixed, m=moving: register(f, m, device=device), device)
+        rows.append(
+            {
+                "seconds": seconds,
+                "peak_gb": _peak_gb(device),
+                "similarity": trace.similarity,
+                "iterations": trace.iterations,
+                "levels": [(lv.factor, lv.done, lv.similarity, round(lv.seconds, 3)) for lv in trace.levels],
+                "similarity_before": trace.similarity_before,
+                "similarity_after": trace.similarity_after,
+            }
+        )
+    return {"shape": list(shape), "cold_seconds": cold, "pairs": rows, **rows[0]}
 
 
 def cascade(device: torch.device, shape, smoke: bool, **_) -> dict:
     from caio.refine.cascade import CascadeConfig, refine
 
-    fixed, moving = (t.to(device) for t in _pair(shape))
+    fixed, moving = (t.to(device) for t in _pairs(shape)[0])
     cfg = CascadeConfig(steps=1 if smoke else 50)  # the default stages are the GPU stages
     init = torch.zeros(1, 3, *shape, device=device)
     _reset_peak(device)
@@ -164,7 +178,7 @@ def _tiny_dataset(folder: Path, shape) -> Path:
     """``test_data``'s first pair resized to ``shape``, as a one-pair dataset."""
     import nibabel as nib
 
-    fixed, moving = _pair(shape)
+    fixed, moving = _pairs(shape)[0]
     images = folder / "imagesVal"
     images.mkdir(parents=True)
     for name, image in (("LUMIRMRI_3454_0000.nii.gz", fixed), ("LUMIRMRI_3455_0000.nii.gz", moving)):
@@ -174,21 +188,57 @@ def _tiny_dataset(folder: Path, shape) -> Path:
     return folder / "LUMIR25_dataset.json"
 
 
-def predict(device: torch.device, shape, smoke: bool, **_) -> dict:
-    with tempfile.TemporaryDirectory(prefix="caio-gpu-check-") as tmp:
-        tmp = Path(tmp)
-        json_path = _tiny_dataset(tmp / "data", shape) if smoke else TEST_DATA / "LUMIR25_dataset.json"
-        cmd = [sys.executable, str(REPO / "predict.py"), "--json", str(json_path), "--input", str(json_path.parent)]
-        cmd += ["-o", str(tmp / "out"), "--report", str(tmp / "report.json"), "--device", str(device), "--no-progress"]
-        cmd += ["--shape", "any", "--budget-s", "5"] if smoke else []
-        start = time.monotonic()
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
-        wall = time.monotonic() - start
-        report = json.loads((tmp / "report.json").read_text()) if (tmp / "report.json").is_file() else None
+def _score(json_path: Path, disp_dir: Path, shape) -> dict:
+    """Per-pair Dice / HD95 / NDV of ``disp_dir`` (labels: the dataset's ``labels.json`` without 0, else none;
+    ``shape`` ``None``: the LUMIR grid)."""
+    from caio.metrics.evaluate import evaluate_folder
+
+    labels_file = json_path.parent / "labels.json"
+    labels = [k for k in json.loads(labels_file.read_text())["labels"] if k != 0] if labels_file.is_file() else None
+    rows, _ = evaluate_folder(json_path, json_path.parent, disp_dir, labels=labels, expected_shape=shape)
+    keys = ("pair", "status", "dice", "hd95", "ndv")
+    return {row["pair"]: {k: row.get(k) for k in keys} for row in rows}
+
+
+def _predict_once(json_path: Path, out: Path, device: torch.device, refine: str, smoke: bool) -> dict:
+    cmd = [sys.executable, str(REPO / "predict.py"), "--json", str(json_path), "--input", str(json_path.parent)]
+    cmd += ["-o", str(out), "--report", str(out / "report.json"), "--device", str(device), "--no-progress"]
+    cmd += ["--refine", refine] + (["--shape", "any", "--budget-s", "5"] if smoke else [])
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    wall = time.monotonic() - start
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else None
     result = {"command": " ".join(cmd[1:]), "exit_code": done.returncode, "wall_s": wall, "report": report}
     if report is None:
         result["stderr_tail"] = done.stderr[-2000:]
     return result
+
+
+def predict(device: torch.device, shape, smoke: bool, datasets: list[Path] | None = None, **_) -> dict:
+    """``predict.py`` at the default budget on each dataset JSON (``test_data`` and ``--dataset`` ones), once per
+    refinement (``auto`` = the device's default; on a GPU also ``none`` = the engine alone), each output folder
+    scored in a worker process while the GPU runs the next one. ``report`` is the first run's report."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    refines = ("auto",) if smoke else ("auto", "none")
+    with tempfile.TemporaryDirectory(prefix="caio-gpu-check-") as tmp, ProcessPoolExecutor(4) as pool:
+        tmp = Path(tmp)
+        json_paths = [_tiny_dataset(tmp / "data", shape)] if smoke else [TEST_DATA / "LUMIR25_dataset.json"]
+        json_paths += list(datasets or [])
+        runs, scores = [], []
+        for k, json_path in enumerate(json_paths):
+            for refine in refines:
+                out = tmp / f"out{k}_{refine}"
+                out.mkdir()
+                run = _predict_once(json_path, out, device, refine, smoke)
+                runs.append({"dataset": str(json_path), "refine": refine, **run})
+                scores.append(pool.submit(_score, json_path, out, shape if smoke and k == 0 else None))
+        for run, future in zip(runs, scores):
+            try:
+                run["metrics"] = future.result()
+            except Exception as err:
+                run["metrics"] = {"error": f"{type(err).__name__}: {err}"}
+    return {**runs[0], "runs": runs}
 
 
 RUNNERS = {
@@ -207,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda (full) or cpu (--smoke)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/out/gpu_check_<stamp>.json)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--dataset", type=Path, action="append", default=[], help="another dataset JSON for the predict section"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.smoke else "cuda"))
     if device.type == "cpu":
@@ -218,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sections:
         start = time.monotonic()
         try:
-            result[name] = RUNNERS[name](device=device, shape=shape, smoke=args.smoke)
+            result[name] = RUNNERS[name](device=device, shape=shape, smoke=args.smoke, datasets=args.dataset)
         except Exception as err:
             result[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
         result[name]["section_s"] = time.monotonic() - start

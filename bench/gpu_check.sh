@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command for every GPU figure (issue 15.4): writes ONE JSON, at most 8 minutes on one GPU.
+# One command for every GPU figure (issue 15.4): writes ONE JSON, at most 8 minutes on one GPU
+# (--dataset JSON adds LUMIR-style sets to the predict section; an H200 took 3.3 min with 6 extra pairs).
 #   bash bench/gpu_check.sh                 # full: CUDA, 160x224x192 -> bench/out/gpu_check_<stamp>.json
 #   bash bench/gpu_check.sh --smoke         # CPU, tiny sizes, < 60 s (what the slow test runs)
 #   CAIO_GPU_CHECK_OUT=/tmp/x.json bash bench/gpu_check.sh

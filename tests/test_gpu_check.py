@@ -27,7 +27,10 @@ def test_gpu_check_smoke_writes_one_json_with_every_section(tmp_path):
     assert result["vfa"]["fp32"]["seconds"] > 0 and result["vfa"]["fp32"]["finite"]
     assert result["brainid"]["tiled"] is False and result["brainid"]["seconds"] > 0
     assert result["engine"]["seconds"] > 0 and result["engine"]["iterations"] > 0
+    assert len(result["engine"]["pairs"]) == 2 and result["engine"]["cold_seconds"] > 0
     assert result["cascade"]["steps"] >= 1 and result["cascade"]["stage_factors"]
     report = result["predict"]["report"]
     assert result["predict"]["exit_code"] in (0, 1) and report["pairs"]
     assert {"seconds", "io_wait_s"} <= set(report["pairs"][0]) and "model_loading" in report
+    scores = result["predict"]["runs"][0]["metrics"]  # every written field scored like the evaluator
+    assert [row["status"] for row in scores.values()] == ["ok"] and scores[report["pairs"][0]["pair"]]["ndv"] >= 0

@@ -71,3 +71,17 @@ def test_explained_variance_is_one_for_a_function_of_the_fixed_image_and_near_ze
     assert explained_variance(t1, inverted) > 0.98
     assert explained_variance(t1, noise) < 0.05
     assert explained_variance(t1, torch.zeros_like(t1)) == 0.0  # no voxel non-zero in both
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_empty_bins_take_values_interpolated_between_populated_ones_and_constant_beyond(seed):
+    from caio.engine.intensity_map import _fill_between
+
+    generator = np.random.default_rng(seed)
+    values = generator.normal(size=40)
+    known = generator.random(40) < 0.3
+    known[generator.integers(40, size=2)] = True  # at least two known bins
+    position = np.arange(40.0)
+    expected = np.interp(position, position[known], values[known])  # constant beyond the ends
+    filled = _fill_between(torch.from_numpy(values), torch.from_numpy(known))
+    np.testing.assert_allclose(filled.numpy(), expected, rtol=0, atol=1e-12)

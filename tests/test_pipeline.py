@@ -173,9 +173,11 @@ ALL = frozenset({"brainid", "vfa_mono", "vfa_multi"})
         ("cpu", False, ALL, "vfa", "auto", ("gate", "vfa", "engine")),
         ("cpu", True, frozenset(), "auto", "cascade", ("gate", "engine", "mind", "cascade")),
         ("cuda", True, ALL, "auto", "auto", ("gate", "brainid", "vfa", "cascade")),
-        ("cuda", True, frozenset(), "auto", "auto", ("gate", "engine", "mind", "cascade")),
+        ("cuda", True, frozenset(), "auto", "auto", ("gate", "engine")),
+        ("cuda", True, frozenset(), "auto", "cascade", ("gate", "engine", "mind", "cascade")),
         ("cuda", False, frozenset({"vfa_mono"}), "auto", "none", ("gate", "vfa")),
-        ("cuda", False, ALL, "engine", "auto", ("gate", "engine", "cascade")),
+        ("cuda", False, ALL, "engine", "auto", ("gate", "engine")),
+        ("cuda", False, frozenset({"vfa_mono"}), "auto", "auto", ("gate", "vfa", "cascade")),
     ],
 )
 def test_configured_path_per_device_and_weights(device, cross, available, mode, refine, steps):

@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         "--refine",
         choices=("auto", "cascade", "engine", "none"),
         default=_env("CAIO_REFINE", "auto", env),
-        help="instance optimisation after the backbone: auto (cascade on a GPU; on a CPU the engine after VFA, "
+        help="instance optimisation after the backbone: auto (after VFA the cascade on a GPU, the engine on a CPU; "
         "nothing after the engine), or forced (env CAIO_REFINE)",
     )
     h.add_argument(

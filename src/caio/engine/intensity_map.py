@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -67,12 +66,26 @@ def fit_intensity_map(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 64,
     count = torch.bincount(index, minlength=bins).double()
     total = torch.bincount(index, weights=f.double(), minlength=bins)
     populated = count >= min_count
-    centres = torch.linspace(0, top, bins, dtype=torch.float64)
+    centres = torch.linspace(0, top, bins, dtype=torch.float64, device=f.device)
     if int(populated.sum()) < 2:
         return IntensityMap(top, centres.float())
-    means = total[populated] / count[populated]
-    values = np.interp(centres.numpy(), centres[populated].numpy(), means.numpy())  # constant beyond the ends
-    return IntensityMap(top, torch.from_numpy(values).float())
+    means = total / count.clamp(min=1)
+    return IntensityMap(top, _fill_between(means, populated).float())
+
+
+def _fill_between(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``values`` (``[bins]``) where ``known``; elsewhere linear between the nearest known bins on either side,
+    constant beyond the first and last known bins. On ``values``' device (no host round trip)."""
+    bins = values.numel()
+    position = torch.arange(bins, device=values.device)
+    before = torch.where(known, position, -1).cummax(0).values  # nearest known bin at or below
+    after = torch.where(known, position, bins).flip(0).cummin(0).values.flip(0)  # ... at or above
+    below, above = before.clamp(min=0), after.clamp(max=bins - 1)
+    below = torch.where(before < 0, above, below)  # before the first known bin: the first one's value
+    above = torch.where(after >= bins, below, above)  # after the last: the last one's value
+    span = (above - below).clamp(min=1).to(values.dtype)
+    fraction = (position - below).to(values.dtype) / span
+    return values[below] * (1 - fraction) + values[above] * fraction
 
 
 def explained_variance(fixed: torch.Tensor, warped: torch.Tensor, bins: int = 64) -> float:

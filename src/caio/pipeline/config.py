@@ -16,7 +16,8 @@ MODES = ("auto", "vfa", "engine")
 required, also on the CPU) or ``engine`` (:func:`caio.engine.register` only)."""
 MODE_ALIASES = {"training-free": "engine"}
 REFINES = ("auto", "cascade", "engine", "none")
-"""Refinement after the backbone: ``auto`` (cascade on a GPU, the engine on the CPU), ``cascade``
+"""Refinement after the backbone: ``auto`` (after VFA: the cascade on a GPU, the engine on the CPU; after
+the engine: nothing), ``cascade``
 (the paper's instance optimisation, anywhere), ``engine`` (:func:`caio.engine.register` from the
 backbone's field) or ``none``."""
 

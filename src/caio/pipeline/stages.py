@@ -73,8 +73,8 @@ def plan_pair(
 ) -> Plan:
     """The path a pair must take (:class:`Plan`), by device type, contrast and weights present.
 
-    GPU: gate -> Brain-ID (cross-contrast, weights present) -> VFA (weights present, else the
-    engine) -> cascade (MIND-SSC similarity for a cross-contrast pair without Brain-ID).
+    GPU: gate -> Brain-ID (cross-contrast, weights present) -> VFA -> cascade (MIND-SSC similarity
+    for a cross-contrast pair without Brain-ID); without VFA weights: gate -> engine.
     CPU: gate -> engine; with ``mode="vfa"``: gate -> VFA -> engine from VFA's field.
     ``refine_mode`` other than ``auto`` replaces the refinement anywhere; ``contrast="brainid"``
     asks for Brain-ID on any device, ``"none"`` never. A same-contrast pair whose gate score is
@@ -95,7 +95,8 @@ def plan_pair(
     backbone = "vfa" if vfa else "engine"
     refine_to = refine_mode
     if refine_mode == "auto":
-        refine_to = "cascade" if gpu else ("engine" if vfa else "none")
+        # after the engine the cascade (random initialisation) lowered Dice on a GPU too: README, "GPU"
+        refine_to = ("cascade" if gpu else "engine") if vfa else "none"
     if refine_to == "engine" and backbone == "engine":
         refine_to = "none"
     steps = ["gate"] + (["brainid"] if brainid else []) + [backbone]

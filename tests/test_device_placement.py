@@ -1,0 +1,45 @@
+"""The engine's PyTorch path (what runs on a GPU) makes every tensor on its inputs' device.
+
+A CPU-only machine cannot run CUDA, but it can catch the bug that broke cross-contrast pairs on the
+first GPU run (a ``torch.linspace`` without ``device=`` indexed by a CUDA mask): with PyTorch's default
+device set to ``meta``, every tensor made without an explicit device lands on ``meta`` and the first
+operation mixing it with the CPU inputs fails, as it would mix CPU and CUDA on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from caio.engine import EngineConfig, register
+from caio.engine.api import SIMILARITIES
+from caio.engine.intensity_map import explained_variance, fit_intensity_map
+
+
+@pytest.fixture
+def default_device_meta():
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+def _pair() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    fixed = torch.rand(1, 1, 24, 28, 20, generator=generator, device="cpu") * 100
+    return fixed, torch.roll(fixed, 1, 2)
+
+
+@pytest.mark.parametrize("similarity", [s for s in SIMILARITIES if s != "auto"])
+def test_engine_torch_path_makes_no_tensor_off_its_inputs_device(similarity, default_device_meta):
+    fixed, moving = _pair()
+    disp, trace = register(fixed, moving, similarity=similarity, device="cpu", config=EngineConfig(cpu_kernels=False))
+    assert disp.device.type == "cpu" and trace.iterations > 0
+
+
+def test_intensity_map_stays_on_its_inputs_device(default_device_meta):
+    fixed, moving = _pair()
+    table = fit_intensity_map(fixed, 255 - moving)
+    assert table.values.device.type == "cpu" and table(moving).device.type == "cpu"
+    assert 0 <= explained_variance(fixed, moving) <= 1
