@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from caio import spatial
+from caio.contrast.mind import mind_ssc
 from caio.engine import EngineConfig, register
 from caio.engine.api import SIMILARITIES
 from caio.engine.intensity_map import explained_variance, fit_intensity_map
@@ -43,3 +45,22 @@ def test_intensity_map_stays_on_its_inputs_device(default_device_meta):
     table = fit_intensity_map(fixed, 255 - moving)
     assert table.values.device.type == "cpu" and table(moving).device.type == "cpu"
     assert 0 <= explained_variance(fixed, moving) <= 1
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda f, u: spatial.warp(f, u),
+        lambda f, u: spatial.compose(u, u),
+        lambda f, u: spatial.resize_displacement(u, (12, 14, 10)),
+        lambda f, u: spatial.resize_image(f, (12, 14, 10)),
+        lambda f, u: spatial.gaussian_blur(f, 1.5),
+        lambda f, u: spatial.jacobian_determinant(u),
+        lambda f, u: mind_ssc(f),
+    ],
+    ids=["warp", "compose", "resize_displacement", "resize_image", "gaussian_blur", "jacobian", "mind_ssc"],
+)
+def test_spatial_operations_and_mind_ssc_stay_on_their_inputs_device(operation, default_device_meta):
+    fixed, _ = _pair()
+    disp = torch.rand(1, 3, *fixed.shape[2:], generator=torch.Generator().manual_seed(1), device="cpu")
+    assert operation(fixed, disp).device.type == "cpu"
