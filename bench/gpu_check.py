@@ -96,7 +96,9 @@ def vfa(device: torch.device, shape, smoke: bool, **_) -> dict:
 
 
 def brainid(device: torch.device, shape, smoke: bool, **_) -> dict:
-    from caio.contrast.brainid import run_network
+    """Brain-ID at its default tiling (:func:`caio.contrast.brainid.tiling`; the reported ``tiled``, ``seconds``,
+    ``peak_gb``) and untiled (``untiled``)."""
+    from caio.contrast.brainid import BrainIDConfig, run_network, tiling
     from caio.contrast.brainid_net import BrainID
 
     shape = SMOKE_NET_SHAPE if smoke else shape
@@ -106,15 +108,19 @@ def brainid(device: torch.device, shape, smoke: bool, **_) -> dict:
     x = torch.rand(1, 1, *shape, device=device)
     if device.type == "cuda":
         run_network(model, x[..., :32, :32, :32])  # warm-up
-    _reset_peak(device)
-    out, seconds = _timed(lambda: run_network(model, x), device)
-    return {
-        "shape": list(shape),
-        "tiled": False,
-        "seconds": seconds,
-        "peak_gb": _peak_gb(device),
-        "out": list(out.shape),
-    }
+    rows = {}
+    for name, cfg in (("default", BrainIDConfig()), ("untiled", BrainIDConfig(gpu_untiled_max_voxels=2**40))):
+        try:
+            _reset_peak(device)
+            out, seconds = _timed(lambda c=cfg: run_network(model, x, config=c), device)
+            tile = tiling(device, x[0, 0].numel(), cfg)[0] if device.type == "cuda" else None
+            rows[name] = {"tile": tile, "seconds": seconds, "peak_gb": _peak_gb(device), "out": list(out.shape)}
+        except Exception as err:  # e.g. out of memory
+            rows[name] = {"error": f"{type(err).__name__}: {err}"}
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    default = rows["default"]
+    return {"shape": list(shape), "tiled": default.get("tile") is not None, **default, "untiled": rows["untiled"]}
 
 
 def _pairs(shape) -> list[tuple[torch.Tensor, torch.Tensor]]:

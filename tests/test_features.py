@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from caio.contrast.mind import MIND_CHANNELS, mind_ssc, six_neighbourhood, ssc_pairs
+from caio.contrast.mind import (
+    MIND_CHANNELS,
+    mind_ssc,
+    mind_ssc_torch,
+    normalize_intensity,
+    six_neighbourhood,
+    ssc_pairs,
+)
 
 
 def _label_map(shape=(32, 32, 32), seed: int = 0) -> torch.Tensor:
@@ -86,3 +94,36 @@ def test_separable_box_mean_equals_the_3d_box_filter():
     x = torch.rand(1, 2, 9, 10, 11, generator=torch.Generator().manual_seed(0))
     reference = F.avg_pool3d(F.pad(x, [2] * 6, mode="replicate"), 5, stride=1)
     assert torch.allclose(box_mean(x, 2), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius", "dilation", "batch"),
+    [((20, 23, 17), 2, 2, 1), ((9, 30, 11), 1, 1, 2), ((6, 5, 7), 2, 3, 1), ((12, 12, 12), 0, 1, 1)],
+)
+def test_fused_cpu_mind_ssc_equals_the_pytorch_operations(shape, radius, dilation, batch):
+    """The CPU's fused Numba passes (caio.contrast.mind_cpu) and the PyTorch code a GPU runs agree to rounding,
+    also where the patch and the neighbours reach past the border (replicate padding), and per batch element."""
+    image = torch.rand(batch, 1, *shape, generator=torch.Generator().manual_seed(3)) * 200
+    normalised = torch.cat([normalize_intensity(image[b : b + 1]) for b in range(batch)])
+    fused = mind_ssc(image, radius, dilation)
+    assert fused.shape == (batch, MIND_CHANNELS, *shape)
+    torch.testing.assert_close(fused, mind_ssc_torch(normalised, radius, dilation), rtol=0, atol=2e-6)
+
+
+def test_mind_ssc_at_one_voxel_follows_the_definition():
+    """Channel c at voxel x: exp(-D_c / V) / max_c, D_c the mean over the 5^3 patch of the squared difference
+    of the image at the pair's two neighbours (distance 2), V the channel mean of D (not clamped here)."""
+    image = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(5)) * 100
+    img = normalize_intensity(image)[0, 0].double()
+    offsets, x = six_neighbourhood(2), (8, 7, 9)
+    patch = [torch.arange(x[a] - 2, x[a] + 3) for a in range(3)]
+
+    def at(offset):
+        i, j, k = (patch[a] + offset[a] for a in range(3))
+        return img[i[:, None, None], j[None, :, None], k[None, None, :]]
+
+    distances = torch.stack([((at(offsets[a]) - at(offsets[b])) ** 2).mean() for a, b in ssc_pairs()])
+    expected = torch.exp(-distances / distances.mean())
+    expected = expected / expected.max()
+    got = mind_ssc(image)[0, :, x[0], x[1], x[2]].double()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -115,7 +115,8 @@ def test_a_path_other_than_the_expected_one_fails(validate):
 def test_expected_path_per_device_contrast_and_weights(validate):
     assert validate.expected_path(False, True, ALL_WEIGHTS) == ("gate", "engine")
     assert validate.expected_path(True, True, ALL_WEIGHTS) == ("gate", "brainid", "vfa", "cascade")
-    assert validate.expected_path(True, False, NONE) == ("gate", "engine", "cascade")
+    assert validate.expected_path(True, False, NONE) == ("gate", "engine")  # the cascade added nothing after it (GPU)
+    assert validate.expected_path(True, False, frozenset({"vfa_mono"})) == ("gate", "vfa", "cascade")
 
 
 def test_stdout_lines_stand_in_for_a_missing_report(validate):

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 from itertools import combinations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from caio.contrast.mind_cpu import mind_ssc_numpy
 
 MIND_CHANNELS = 12
 """Number of MIND-SSC channels (pairs of the six-neighbourhood at distance sqrt(2))."""
@@ -112,6 +115,18 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2, normalize:
     img = image.float()
     if normalize:
         img = torch.cat([normalize_intensity(img[b : b + 1]) for b in range(img.shape[0])])
+    if img.device.type == "cpu" and not img.requires_grad:  # fused Numba passes, same result
+        first, second = (np.array([six_neighbourhood(dilation)[p[side]] for p in ssc_pairs()]) for side in (0, 1))
+        out = img.new_empty((img.shape[0], MIND_CHANNELS, *img.shape[2:]))
+        for b in range(img.shape[0]):
+            mind_ssc_numpy(img[b, 0].numpy(), first, second, radius, dilation, out[b].numpy())
+        return out
+    return mind_ssc_torch(img, radius, dilation)
+
+
+def mind_ssc_torch(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
+    """:func:`mind_ssc` of an already normalised ``[B, 1, D0, D1, D2]`` float32 image in PyTorch operations (any
+    device, differentiable); the CPU uses :mod:`caio.contrast.mind_cpu` instead."""
     shape = tuple(img.shape[2:])
     padded = F.pad(img, [dilation] * 6, mode="replicate")
     offsets = six_neighbourhood(dilation)
