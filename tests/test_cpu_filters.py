@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -45,3 +48,15 @@ def test_a_volume_at_the_streaming_size_gives_the_same_filter():
     for replicate in (True, False):
         out = cpu_filters.separable_filter(x, weights, replicate)
         np.testing.assert_allclose(out, _reference(x, weights, replicate), rtol=1e-5, atol=1e-5)
+
+
+def test_warm_up_compiles_the_streaming_filter_that_its_small_volumes_never_reach():
+    """Else the first 1 mm pair in a container (kernels compiled at build time by warm_up) compiles it on its clock."""
+    code = (
+        "from caio.engine import cpu_filters, warm_up; "
+        "assert not cpu_filters._filter_volume.signatures; warm_up(); "
+        "print(len(cpu_filters._filter_volume.signatures))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) >= 1
