@@ -5,9 +5,10 @@
 keeps it from rotting. Sections, most needed first: environment (torch, CUDA, GPU); the engine
 (:func:`caio.engine.register`) on each ``test_data`` pair after a warm-up call; ``predict.py`` at the
 default budget on ``test_data/`` and on each ``--dataset`` JSON, with the device's default refinement and
-(GPU) with the engine alone, every output folder scored like the evaluator; the cascade
+(GPU) with the cascade forced, every output folder scored like the evaluator; the cascade
 (:func:`caio.refine.cascade.refine`, 50 steps at the GPU stages); VFA forward time and peak memory in
-float32/float16/bfloat16 and Brain-ID untiled (random weights). A failing section records its error and
+float32/float16/bfloat16 and Brain-ID at its default tiling and untiled (random weights). A failing section records
+its error and
 the others still run.
 
     bash bench/gpu_check.sh --dataset DIR/LUMIR_like_dataset.json   # -> bench/out/gpu_check_<stamp>.json
@@ -222,11 +223,11 @@ def _predict_once(json_path: Path, out: Path, device: torch.device, refine: str,
 
 def predict(device: torch.device, shape, smoke: bool, datasets: list[Path] | None = None, **_) -> dict:
     """``predict.py`` at the default budget on each dataset JSON (``test_data`` and ``--dataset`` ones), once per
-    refinement (``auto`` = the device's default; on a GPU also ``none`` = the engine alone), each output folder
-    scored in a worker process while the GPU runs the next one. ``report`` is the first run's report."""
+    refinement (``auto`` = the device's default; on a GPU also ``cascade``, forced after the engine or VFA), each
+    output folder scored in a worker process while the GPU runs the next one. ``report`` is the first run's report."""
     from concurrent.futures import ProcessPoolExecutor
 
-    refines = ("auto",) if smoke else ("auto", "none")
+    refines = ("auto",) if smoke else ("auto", "cascade")
     with tempfile.TemporaryDirectory(prefix="caio-gpu-check-") as tmp, ProcessPoolExecutor(4) as pool:
         tmp = Path(tmp)
         json_paths = [_tiny_dataset(tmp / "data", shape)] if smoke else [TEST_DATA / "LUMIR25_dataset.json"]
