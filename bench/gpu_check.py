@@ -8,8 +8,7 @@ default budget on ``test_data/`` and on each ``--dataset`` JSON, with the device
 (GPU) with the cascade forced, every output folder scored like the evaluator; the cascade
 (:func:`caio.refine.cascade.refine`, 50 steps at the GPU stages); VFA forward time and peak memory in
 float32/float16/bfloat16 and Brain-ID at its default tiling and untiled (random weights). A failing section records
-its error and
-the others still run.
+its error and the others still run.
 
     bash bench/gpu_check.sh --dataset DIR/LUMIR_like_dataset.json   # -> bench/out/gpu_check_<stamp>.json
     python bench/gpu_check.py --smoke --out /tmp/smoke.json
