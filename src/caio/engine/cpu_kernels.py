@@ -294,9 +294,9 @@ def lncc_displacement_gradient(
     ones = np.ones(2 * radius + 1, np.float32)
     stats = separable_filter(products, ones, False, work.get("stats", (5, *shape)), work)
     n = float((2 * radius + 1) ** 3)
-    terms = work.get("terms", (4, *shape))
+    terms = products[:4]  # the products are no longer needed once filtered: their memory takes the terms,
     total = _lncc_terms(stats, n, (n * eps) ** 2, squared, terms)
-    boxed = separable_filter(terms, ones, False, work.get("boxed", (4, *shape)), work)
+    boxed = separable_filter(terms, ones, False, stats[:4], work)  # and the stats' memory takes the boxed terms
     count = float(fixed.size)
     out = work.get("field", (3, *shape))
     _lncc_field(fixed, warped[0], grad, boxed, 1.0 / count, out)
