@@ -229,3 +229,13 @@ def test_contrast_brainid_forces_brainid_on_the_cpu_and_none_turns_it_off_on_a_g
     assert plan_pair("cuda", True, ALL, "auto", "auto", "none").steps == ("gate", "vfa", "mind", "cascade")
     with pytest.raises(CaioInputError):
         PipelineConfig(contrast="sometimes")
+
+
+def test_a_pair_keeps_two_seconds_and_a_margin_for_writing_a_lumir_field_not_three_times_that():
+    """The reserve is per grid voxel: the 3 channels are priced in (it was once charged 3 times: 5 of 10 s kept)."""
+    from caio.pipeline.config import write_reserve_s
+
+    assert write_reserve_s(10.0, (160, 224, 192)) == pytest.approx(2.0 + 0.3)
+    assert write_reserve_s(60.0, (160, 224, 192)) == pytest.approx(2.0 + 1.8)
+    assert write_reserve_s(2.0, (160, 224, 192)) == pytest.approx(1.0)  # at most half the budget
+    assert write_reserve_s(10.0, (80, 112, 96)) == pytest.approx(0.25 + 0.3)

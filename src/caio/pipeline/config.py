@@ -3,6 +3,8 @@ measured costs that decide which steps fit in it."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,8 @@ STEP_SECONDS_PER_VOXEL: dict[str, dict[str, float]] = {
 images of a pair), VFA 58 s per pair. A step absent here (GPU: not measured) is assumed to fit."""
 
 WRITE_SECONDS_PER_VOXEL = 2.0 / LUMIR_VOXELS
-"""Validating and writing a gzip level-1 field: ~1.5 s for 160x224x192 (2 s kept)."""
+"""Per voxel of the grid: validating and writing the 3-channel field took 0.4-0.8 s on the LUMIR grid (gzip level 0;
+~1.5 s at level 1); 2 s kept."""
 FINISH_MARGIN_FRACTION = 0.03
 """Share of the budget kept for what follows the last optimiser iteration (resize, copies)."""
 
@@ -49,9 +52,10 @@ def budget_for(cfg: PipelineConfig, device: torch.device) -> float:
     return cfg.budget_s if cfg.budget_s is not None else DEFAULT_BUDGET_S
 
 
-def write_reserve_s(budget_s: float, voxels: int) -> float:
-    """Seconds kept at the end of a pair for validating and writing its output (at most half the budget)."""
-    return min(0.5 * budget_s, WRITE_SECONDS_PER_VOXEL * voxels + FINISH_MARGIN_FRACTION * budget_s)
+def write_reserve_s(budget_s: float, grid: Sequence[int]) -> float:
+    """Seconds kept at the end of a pair for validating and writing its ``[3, *grid]`` field (at most half the
+    budget): 2 s for the LUMIR grid plus :data:`FINISH_MARGIN_FRACTION` of the budget."""
+    return min(0.5 * budget_s, WRITE_SECONDS_PER_VOXEL * math.prod(grid) + FINISH_MARGIN_FRACTION * budget_s)
 
 
 def estimated_seconds(step: str, device: torch.device, voxels: int) -> float:

@@ -256,7 +256,7 @@ def register_pair(
     else:
         trace.record("read", "ran", time.monotonic() - start, "read ahead")
     fixed_np, moving_np = volumes
-    deadline = start + budget - write_reserve_s(budget, 3 * fixed_np.size)
+    deadline = start + budget - write_reserve_s(budget, fixed_np.shape)
 
     def attempt(device: torch.device, low_memory: bool, deadline: float) -> np.ndarray:
         if device.type == "cuda":
