@@ -7,10 +7,9 @@ weighted sum of the ring's slabs, so the volume is read and written once; work i
 chunks of the first axis (each chunk filters its ``len(weights) // 2`` halo slabs again). Volumes that fit
 in the caches take one pass per axis (:func:`_filter_outer_axis`, :func:`_filter_axis2`), which is faster
 there (:data:`STREAMING_MIN_VOXELS`). Sums accumulate row by row in the L1 cache with no branch in the inner
-loop. ``replicate=True`` extends edge values (as
-:func:`caio.spatial.gaussian_blur`); ``False`` treats the outside as zero (as
-:func:`caio.engine.similarity.box_sum`). :class:`Workspace` keeps scratch arrays across iterations (fresh
-full-size allocations cost page faults).
+loop. ``replicate=True`` extends edge values (as :func:`caio.spatial.gaussian_blur`); ``False`` treats the
+outside as zero (as :func:`caio.engine.similarity.box_sum`). :class:`Workspace` keeps scratch arrays across
+iterations (fresh full-size allocations cost page faults).
 """
 
 from __future__ import annotations
