@@ -25,6 +25,13 @@ converted to FreeSurfer-like ids of the same tissue (:func:`dlmuse_to_freesurfer
 ``muse_dict.csv``). The label maps written are the DLMUSE ones for every image.
 Idempotent: subjects whose files exist (made from the same IXI subject, per ``subjects.json``) are skipped;
 the JSON files are rewritten each run.
+
+Held-out sets (never used to choose a setting; checks of the choices made on the default set)::
+
+    bench/.venv/bin/python bench/make_lumir_like.py --n-same 3 --n-cross 2 --skip-subjects 28 --id-base 7000 \
+        --out bench/out/lumir_heldout         # the 11 complete subjects the default set leaves
+    bench/.venv/bin/python bench/make_lumir_like.py --n-same 2 --n-cross 8 --reserved --id-base 1000 \
+        --out bench/out/lumir_heldout2        # the first 20 subjects (only the full-head ``ixi`` set uses them)
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ SHAPE = (160, 224, 192)
 N_RESERVED = 20
 """The first subjects in sorted order are left out (tuning and other sets use them)."""
 CROSS_CONTRASTS = (("t2", "0001"), ("flair", "0002"))
-SAME_ID0, CROSS_FIXED_ID0, CROSS_MOVING_ID0 = 5000, 6000, 6100
+SAME_ID0 = 5000
 
 
 # ------------------------------------------------------------------ DLMUSE -> FreeSurfer-like tissue labels
@@ -163,10 +170,16 @@ def process_subject(name: str, reference: Path, template) -> tuple[np.ndarray, n
 # ------------------------------------------------------------------ set
 
 
-def choose_pairs(n_same: int, n_cross: int, seed: int) -> list[dict]:
+def choose_pairs(
+    n_same: int, n_cross: int, seed: int, skip: int = 0, id_base: int = SAME_ID0, reserved: bool = False
+) -> list[dict]:
+    """Pairs of distinct subjects; the first ``skip`` complete subjects of the seeded order are left out (the
+    held-out set skips the 28 of the default set); ids from ``id_base`` (T1 pairs), ``id_base + 1000`` (fixed of
+    cross pairs), ``id_base + 1100`` (their moving images). ``reserved``: choose among the first
+    ``N_RESERVED`` subjects instead (the ``ixi`` set of ``bench_registration.py``; never used for tuning)."""
     subjects = sorted(p.name[: -len("_T1.nii.gz")] for p in (IXI / "T1").glob("*_T1.nii.gz"))
-    pool = subjects[N_RESERVED:]
-    need = 2 * (n_same + n_cross)
+    pool = subjects[:N_RESERVED] if reserved else subjects[N_RESERVED:]
+    need = skip + 2 * (n_same + n_cross)
     order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
     rois = {
         name: len(np.unique(np.asarray(nib.load(str(IXI / "DLMUSE" / f"{name}_T1_DLMUSE.nii.gz")).dataobj)))
@@ -176,22 +189,23 @@ def choose_pairs(n_same: int, n_cross: int, seed: int) -> list[dict]:
     for name in sorted(set(order) - set(complete)):
         print(f"{name}: DLMUSE map has {rois[name] - 1} of {max(rois.values()) - 1} ROIs, not used", flush=True)
     if need > len(complete):
-        raise SystemExit(f"{need} subjects needed, only {len(complete)} complete ones after the first {N_RESERVED}")
-    chosen = complete[:need]
+        raise SystemExit(f"{need} subjects needed, only {len(complete)} complete ones in the pool")
+    chosen = complete[skip:need]
+    same_id0, cross_fixed_id0, cross_moving_id0 = id_base, id_base + 1000, id_base + 1100
     pairs = []
     for k in range(n_same):
         pairs.append(
             {
                 "kind": "t1",
-                "fixed": (chosen[2 * k], SAME_ID0 + 2 * k + 1, "0000"),
-                "moving": (chosen[2 * k + 1], SAME_ID0 + 2 * k, "0000"),
+                "fixed": (chosen[2 * k], same_id0 + 2 * k + 1, "0000"),
+                "moving": (chosen[2 * k + 1], same_id0 + 2 * k, "0000"),
             }
         )
     for k in range(n_cross):
         contrast, code = CROSS_CONTRASTS[k % len(CROSS_CONTRASTS)]
         f, m = chosen[2 * (n_same + k)], chosen[2 * (n_same + k) + 1]
         pairs.append(
-            {"kind": contrast, "fixed": (f, CROSS_FIXED_ID0 + k, "0000"), "moving": (m, CROSS_MOVING_ID0 + k, code)}
+            {"kind": contrast, "fixed": (f, cross_fixed_id0 + k, "0000"), "moving": (m, cross_moving_id0 + k, code)}
         )
     return pairs
 
@@ -236,7 +250,9 @@ def dataset_json(pairs: list[dict]) -> dict:
     }
 
 
-def build(out: Path, n_same: int, n_cross: int, seed: int) -> None:
+def build(
+    out: Path, n_same: int, n_cross: int, seed: int, skip: int = 0, id_base: int = SAME_ID0, reserved: bool = False
+) -> None:
     import ants
     import torch
 
@@ -245,7 +261,7 @@ def build(out: Path, n_same: int, n_cross: int, seed: int) -> None:
     torch.set_num_threads(2)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    pairs = choose_pairs(n_same, n_cross, seed)
+    pairs = choose_pairs(n_same, n_cross, seed, skip, id_base, reserved)
     table = dlmuse_to_freesurfer(read_muse_names())
     template = ants.resample_image(ants.image_read(str(MNI_T1)), (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
     label_sets, subjects = [], {}
@@ -364,8 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-cross", type=int, default=6, help="T1 <- T2-/FLAIR-like pairs (default 6, alternating)")
     p.add_argument("--seed", type=int, default=2025)
     p.add_argument("--out", type=Path, default=HERE / "out" / "lumir_like")
+    p.add_argument(
+        "--skip-subjects",
+        type=int,
+        default=0,
+        help="leave out the first K complete subjects of the seeded order (held-out set: 28, the default set's)",
+    )
+    p.add_argument("--id-base", type=int, default=SAME_ID0, help="first LUMIR id (held-out set: 7000)")
+    p.add_argument(
+        "--reserved", action="store_true", help=f"choose among the first {N_RESERVED} subjects (held-out set 2)"
+    )
     args = p.parse_args(argv)
-    build(args.out, args.n_same, args.n_cross, args.seed)
+    build(args.out, args.n_same, args.n_cross, args.seed, args.skip_subjects, args.id_base, args.reserved)
     return 0
 
 

@@ -6,6 +6,9 @@ Usage (repository root, after ``bench/make_lumir_like.py``)::
     python bench/tune_engine.py "" 8,9 mind          # similarity forced (default: lncc; cross pairs: the gate's)
     python bench/tune_engine.py "" synth:10 mind     # the first 10 synthetic cross-contrast pairs instead
 
+``CAIO_TUNE_ROOT=<folder>`` reads another set made by ``bench/make_lumir_like.py`` (e.g. the held-out set,
+``bench/out/lumir_heldout``; check on it, do not tune on it).
+
 ``synth:N`` takes the pairs ``bench/out/cache/synth_*`` that ``bench_registration.py --sets synth --synth-pairs N``
 made (T1-like <- T2-/FLAIR-like, 96x112x96; Dice over the fixed label map's labels).
 
@@ -19,6 +22,7 @@ A quick development tool (its Dice is a plain mean of per-label Dice, not the ev
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ from caio import spatial
 from caio.engine import EngineConfig, LevelSettings, register, warm_up
 from caio.engine.api import CROSS_CONTRAST_SIMILARITY
 
-ROOT = Path(__file__).resolve().parent / "out" / "lumir_like"
+ROOT = Path(os.environ.get("CAIO_TUNE_ROOT", Path(__file__).resolve().parent / "out" / "lumir_like"))
 
 
 def dice(fixed: np.ndarray, warped: np.ndarray, labels: list[int]) -> float:
@@ -95,7 +99,8 @@ def main(argv: list[str]) -> int:
         rows.append((cross, zero, score, seconds, folding))
         print(
             f"pair {index} {'cross' if cross else 'same '} {similarity} zero {zero:.4f} dice {score:.4f} "
-            f"t {seconds:.1f}s fold% {folding:.4f} it {[level.done for level in trace.levels]}",
+            f"t {seconds:.1f}s fold% {folding:.4f} it {[level.done for level in trace.levels]} "
+            f"s {[round(level.seconds, 2) for level in trace.levels]}",
             flush=True,
         )
     for cross in (False, True):

@@ -50,7 +50,8 @@ SAME_CONTRAST_SIMILARITY = "lncc"
 CROSS_CONTRAST_SIMILARITY = "mind"
 """What ``similarity="auto"`` (and the pipeline) use for a cross-contrast pair: MIND-SSC beat remapping on real
 contrasts (known warps) and on synthetic pairs with scanner artefacts; remapping only on label-drawn ones, and one
-remapped full-resolution level after MIND-SSC helps those and leaves real contrasts as they were (README)."""
+remapped full-resolution level after MIND-SSC helps those and moves real contrasts' endpoint error by at most 0.04
+voxel (README)."""
 
 
 def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tensor) -> str:

@@ -1,0 +1,146 @@
+"""The engine's deadline and anytime schedule: every level yields a field, no pass starts that would end late."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from engine_cases import real_slab, smooth_random
+
+from caio import spatial
+from caio.engine import EngineConfig, register, warm_up
+from caio.engine.cpu_backend import NumbaKernels
+from caio.engine.optimizer import LevelSettings, optimise_level
+from caio.engine.schedule import CostModel, plan_iterations
+
+
+def test_a_deadline_is_kept_and_still_gives_a_field_better_than_zero():
+    moving = real_slab(2)
+    fixed = spatial.warp(moving, smooth_random(moving.shape[2:], 3, 4.0, 3.0, 14))
+    warm_up()  # one-off kernel loading is not part of a pair's budget
+    budget = 3.0
+    start = time.monotonic()
+    disp, trace = register(fixed, moving, similarity="lncc", deadline=start + budget)
+    elapsed = time.monotonic() - start
+    assert elapsed <= budget * 1.1 + 0.3, elapsed
+    assert trace.iterations > 0 and trace.similarity_after > trace.similarity_before
+    assert float(disp.abs().max()) > 0
+
+
+def test_a_level_does_not_start_a_pass_that_would_end_after_its_deadline():
+    moving = real_slab(1)
+    fixed = spatial.warp(moving, smooth_random(moving.shape[2:], 3, 4.0, 3.0, 21))
+    kernels, zero = NumbaKernels("lncc", 3), torch.zeros((1, 3, *fixed.shape[2:]))
+    optimise_level(fixed, moving, zero, kernels, 1, LevelSettings())  # compile and warm the workspace
+    one = optimise_level(fixed, moving, zero, kernels, 1, LevelSettings())  # one pass scored, updated, scored
+    one_pass = one.seconds / 2
+    start = time.monotonic()
+    result = optimise_level(fixed, moving, zero, kernels, 100, LevelSettings(), deadline=start + 1.5 * one_pass)
+    elapsed = time.monotonic() - start
+    # a pass that starts shortly before the deadline would end about one pass after it: none may start then
+    assert result.stopped_by_deadline and 1 <= result.iterations < 100
+    assert elapsed <= 1.5 * one_pass * 1.15, (elapsed, one_pass)
+
+
+def test_a_level_whose_deadline_has_passed_scores_nothing_and_returns_its_starting_field():
+    fixed = smooth_random((16, 16, 16), 1, 1.0, 1.0, 22)
+    start_field = smooth_random((16, 16, 16), 3, 2.0, 1.0, 23)
+    result = optimise_level(
+        fixed, fixed, start_field, NumbaKernels("lncc", 1), 5, LevelSettings(), deadline=time.monotonic() - 1
+    )
+    assert result.passes == 0 and result.iterations == 0 and result.stopped_by_deadline
+    assert result.displacement is start_field
+
+
+def test_every_deadline_after_the_coarse_level_keeps_at_least_the_coarse_field():
+    """Deadlines swept in quarter steps of a fine pass across the moment the coarse level ends: whenever
+    a level improved the field, the result keeps that gain -- also when the fine level is planned but
+    its deadline (less the two passes it reserves) has already passed when it starts."""
+    moving = real_slab(3)
+    fixed = spatial.warp(moving, smooth_random(moving.shape[2:], 3, 4.0, 3.0, 24))
+    config = EngineConfig(factors=(2, 1), iterations=(5, 10), min_iterations=1)
+    warm_up()
+    register(fixed, moving, similarity="lncc", config=config)  # warm the workspaces
+    _, full = register(fixed, moving, similarity="lncc", config=config)
+    coarse, fine = full.levels
+    fine_pass = fine.seconds / (fine.done + 1)
+    for quarter in range(14):
+        deadline = time.monotonic() + coarse.seconds + 0.25 * quarter * fine_pass
+        disp, trace = register(fixed, moving, similarity="lncc", deadline=deadline, config=config)
+        improved = [lv for lv in trace.levels if lv.done > 0 and lv.similarity_end > lv.similarity_start]
+        if improved:
+            assert trace.similarity_after > trace.similarity_before, (quarter, trace.levels)
+            assert float(disp.abs().max()) > 0
+
+
+def test_a_deadline_already_past_returns_the_zero_field_at_once():
+    fixed = smooth_random((16, 16, 16), 1, 1.0, 1.0, 15)
+    disp, trace = register(fixed, fixed, similarity="lncc", deadline=time.monotonic() - 1)
+    assert disp.shape == (1, 3, 16, 16, 16) and float(disp.abs().max()) == 0
+    assert trace.stopped_by_deadline and trace.iterations == 0
+
+
+def test_init_field_is_the_starting_point():
+    moving = real_slab()
+    truth = smooth_random(moving.shape[2:], 3, 4.0, 3.0, 16)
+    fixed = spatial.warp(moving, truth)
+    disp, trace = register(
+        fixed, moving, similarity="lncc", init=truth, config=EngineConfig(factors=(1,), iterations=(0,))
+    )
+    assert torch.allclose(disp, truth, atol=1e-5)
+
+
+def test_output_is_on_the_full_grid_with_the_crop_undone():
+    fixed = torch.zeros(1, 1, 40, 44, 36)
+    fixed[..., 10:30, 12:34, 8:28] = smooth_random((20, 22, 20), 1, 1.0, 100.0, 17).abs() + 10
+    moving = torch.roll(fixed, 2, dims=2)
+    disp, _ = register(fixed, moving, similarity="lncc", config=EngineConfig(factors=(2, 1), iterations=(30, 10)))
+    assert disp.shape == (1, 3, 40, 44, 36)
+    centre = disp[0, 0, 15:25, 17:29, 13:23]
+    assert float(centre.mean()) == pytest.approx(2.0, abs=0.6)
+
+
+def test_bad_inputs_are_rejected_with_a_message():
+    with pytest.raises(ValueError, match="share a grid"):
+        register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 9))
+    with pytest.raises(ValueError, match="NaN"):
+        register(torch.full((1, 1, 8, 8, 8), float("nan")), torch.rand(1, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match="similarity"):
+        register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="ncc")
+    # a window per level of factors cannot serve the longer MIND-SSC pyramid (its remapped level would index past it)
+    per_level = EngineConfig(radius=(3, 3, 3), remap_factors=(4, 2, 1), remap_iterations=(20, 10, 5), remap_from=1)
+    with pytest.raises(ValueError, match=r"mind_factors \+ mind_remap_factors have 4"):
+        register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="mind", config=per_level)
+
+
+# ------------------------------------------------------------------ schedule
+
+
+def test_schedule_cuts_the_finest_level_before_skipping_a_level():
+    cost = CostModel(1e-6)
+    voxels = [1_000, 8_000, 64_000]  # 1 ms, 8 ms, 64 ms per iteration
+    assert plan_iterations([100, 50, 20], voxels, 10.0, cost) == [100, 50, 20]
+    # 0.1 + 0.4 s for the coarse levels leaves 0.3 s for the finest: 4 iterations
+    assert plan_iterations([100, 50, 20], voxels, 0.8, cost) == [100, 50, 4]
+    # too little for 3 finest iterations: the finest level is skipped, the middle one cut
+    assert plan_iterations([100, 50, 20], voxels, 0.3001, cost) == [100, 25, 0]
+    # the coarsest level always gets what fits
+    assert plan_iterations([100, 50, 20], voxels, 0.05, cost) == [50, 0, 0]
+
+
+def test_schedule_counts_the_passes_a_running_level_pays_besides_its_iterations():
+    cost = CostModel(1e-6)
+    voxels = [1_000, 8_000, 64_000]
+    overhead = [2 * cost.iteration_seconds(v) for v in voxels]  # the engine's two extra passes per level
+    # 0.1 + 0.4 s of coarse iterations and 0.002 + 0.016 s of their passes leave 0.282 s: four finest
+    # iterations would fit, but with the finest level's own 0.128 s of passes only two -> skipped
+    assert plan_iterations([100, 50, 20], voxels, 0.8, cost, 3, overhead) == [100, 50, 0]
+    # 0.518 + 0.128 + 3 x 0.064 s: three finest iterations and their passes
+    assert plan_iterations([100, 50, 20], voxels, 0.84, cost, 3, overhead) == [100, 50, 3]
+
+
+def test_cost_model_learns_from_measurements():
+    cost = CostModel(1e-9)
+    cost.update(seconds=1.0, iterations=10, voxels=1000)
+    assert cost.measured and cost.iteration_seconds(1000) == pytest.approx(0.1)
