@@ -164,15 +164,21 @@ def register(
             return TorchKernels(ssd_and_gradient)
         return TorchKernels(partial(lncc_and_gradient, radius=radius, eps=cfg.eps, squared=similarity == "lncc2"))
 
-    def build_levels() -> tuple[dict, dict, list, list, CostModel]:
+    def build_levels(measured: CostModel | None = None) -> tuple[dict, dict, list, list, CostModel]:
         """Both pyramids for ``route`` (MIND-SSC: descriptors of the full-resolution images, blurred and
-        resampled for the coarser levels), each level's grid and voxel count, and a fresh cost model."""
+        resampled for the coarser levels), each level's grid and voxel count, and the cost model: ``measured``'s
+        estimate when it has one (the levels already run on this pair), else the prior."""
         f, m = fixed, moving
         if route == "mind":
             f, m = (mind_ssc(image, radius=cfg.mind_radius, dilation=cfg.mind_dilation) for image in (f, m))
         f_levels, m_levels = images.pyramid(f, factors, kernels), images.pyramid(m, factors, kernels)
         level_shapes = [tuple(f_levels[k].shape[2:]) for k in factors]
         counts = [int(torch.Size(s).numel()) for s in level_shapes]
+        if measured is not None and measured.measured:
+            # the fused CPU kernels cost about as much per voxel for the 12 descriptor channels as for squared LNCC
+            # (4-6e-8 s on a 1 mm pair at every level); the prior of 12 times LNCC's had cut the first MIND-SSC level
+            # to 27 of its 100 iterations at a 10 s budget and to 70 at 20 s, when all of them fitted
+            return f_levels, m_levels, level_shapes, counts, measured.copy()
         feature_cost = float(MIND_CHANNELS) if route == "mind" else 1.0  # channels to warp and differentiate
         return f_levels, m_levels, level_shapes, counts, CostModel(cfg.prior_seconds_per_voxel * feature_cost)
 
@@ -200,12 +206,12 @@ def register(
             if route == "mind":
                 factors, wanted = cfg.schedule("mind")
                 kernels = make_kernels(0)
-                fixed_levels, moving_levels, shapes, voxels, cost = build_levels()
+                fixed_levels, moving_levels, shapes, voxels, cost = build_levels(cost)
                 index, factor = 0, factors[0]
         seconds_left = float("inf") if deadline is None else deadline - time.monotonic()
-        # every level that runs also pays two passes on its grid: the final field's score and the resampling of
-        # the result (one was not enough: 10 % over a 10 s budget)
-        overhead = [2 * cost.iteration_seconds(v) for v in voxels[index:]]
+        # every level that runs also pays two passes on its grid (the final field's score and the resampling of
+        # the result; one was not enough: 10 % over a 10 s budget) and its first pass's start-up
+        overhead = [2 * cost.iteration_seconds(v) + cost.startup_seconds(v) for v in voxels[index:]]
         plan = plan_iterations(wanted[index:], voxels[index:], seconds_left, cost, cfg.min_iterations, overhead)
         shape = shapes[index]
         if plan[0] == 0:
@@ -223,8 +229,9 @@ def register(
             if route == "mind":  # the fixed image itself, not its descriptors, which are dropped (0.9 GB at 1 mm)
                 f_img = images.pyramid(fixed, (factor,), kernels)[factor]
                 fixed_levels, moving_levels, last = {}, {}, None
-        # this level stops in time for the later levels' planned iterations and every running level's two passes
-        reserve = overhead[0] + sum(
+        # this level stops in time for its own two closing passes and for the later levels' planned iterations,
+        # closing passes and start-up (its own start-up is paid by its first pass, inside the level)
+        reserve = 2 * cost.iteration_seconds(voxels[index]) + sum(
             n * cost.iteration_seconds(v) + o for n, v, o in zip(plan[1:], voxels[index + 1 :], overhead[1:]) if n > 0
         )
         level_deadline = None if deadline is None else deadline - reserve
@@ -245,7 +252,7 @@ def register(
             trace.levels.append(LevelTrace(factor, shape, plan[0], 0, None, None, seconds, level_kind(index)))
             trace.stopped_by_deadline = True
             continue
-        cost.update(result.seconds, result.passes, voxels[index])
+        cost.update(result.seconds, result.passes, voxels[index], result.first_pass_seconds)
         disp = result.displacement
         trace.levels.append(
             LevelTrace(
