@@ -1,7 +1,7 @@
 """Anytime level schedule: how many iterations of each level fit in the time left.
 
 The engine runs coarse-to-fine. Before each level it predicts the cost of one iteration of every
-remaining level from the cost per voxel measured so far (or a prior before the first level),
+remaining level from what the levels so far have cost (:class:`CostModel`; a prior before the first level),
 then trims the plan so that it ends before the deadline: the **finest** level's iterations are
 cut first; a level that would get fewer than ``min_iterations`` is skipped (the coarser field is
 upsampled instead), then the next finest is cut, and so on. The coarsest remaining level is never
