@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from caio.engine.intensity_map import IntensityMap, fit_intensity_map
+from caio.engine.intensity_map import FIXED_BINS, IntensityMap, fit_intensity_map
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -34,10 +34,24 @@ def test_the_map_of_a_real_t2_to_its_t1_makes_it_correlate_with_the_t1():
     assert _correlation(mapped, t1, brain) > 0.6
 
 
-def test_the_map_is_the_conditional_mean_of_the_fixed_image_per_moving_intensity():
+def test_the_map_is_the_conditional_median_of_the_fixed_image_per_moving_intensity():
+    """Three fixed intensities per moving one; one voxel in each bin is an outlier (misaligned, or mixed from two
+    tissues): the median keeps the bin's value, the mean is pulled a third of the way to the outlier."""
+    moving = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]).reshape(1, 1, 1, 2, 3)
+    fixed = torch.tensor([8.0, 8.0, 2.0, 2.0, 2.0, 8.0]).reshape(1, 1, 1, 2, 3)
+    step = 8.0 / (FIXED_BINS - 1)  # the median is read to the centre of a fixed-intensity bin
+    median = fit_intensity_map(fixed, moving, bins=2, min_count=1)
+    assert median.values.tolist() == pytest.approx([8.0, 2.0], abs=step)
+    mean = fit_intensity_map(fixed, moving, bins=2, min_count=1, statistic="mean")
+    assert mean.values.tolist() == pytest.approx([6.0, 4.0], rel=1e-6)
+    with pytest.raises(ValueError, match="statistic"):
+        fit_intensity_map(fixed, moving, statistic="mode")
+
+
+def test_the_mean_map_is_the_conditional_mean_of_the_fixed_image_per_moving_intensity():
     moving = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0]).reshape(1, 1, 1, 2, 3)
     fixed = torch.tensor([5.0, 7.0, 1.0, 3.0, 10.0, 10.0]).reshape(1, 1, 1, 2, 3)
-    table = fit_intensity_map(fixed, moving, bins=3, min_count=1)
+    table = fit_intensity_map(fixed, moving, bins=3, min_count=1, statistic="mean")
     assert table.top == pytest.approx(2.0, rel=1e-2)
     assert table.values.tolist() == pytest.approx([6.0, 2.0, 10.0], rel=1e-2)
     # between bins the map is linear: halfway between 1 (-> 2) and 2 (-> 10) gives 6

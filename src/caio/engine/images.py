@@ -69,12 +69,18 @@ def pyramid(image: torch.Tensor, factors: tuple[int, ...], kernels) -> dict[int,
 
 
 def remapped_moving(
-    fixed: torch.Tensor, moving: torch.Tensor, disp: torch.Tensor, factor: int, bins: int, kernels
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    disp: torch.Tensor,
+    factor: int,
+    bins: int,
+    kernels,
+    statistic: str = "median",
 ) -> torch.Tensor:
-    """The moving image remapped to the fixed contrast (:mod:`caio.engine.intensity_map`), on the grid of
-    pyramid level ``factor``: the map is fitted at full resolution against ``moving`` warped by ``disp``
+    """The moving image remapped to the fixed contrast (:mod:`caio.engine.intensity_map`, ``statistic`` per bin), on
+    the grid of pyramid level ``factor``: the map is fitted at full resolution against ``moving`` warped by ``disp``
     (a field on the level's grid) and applied before the level's blur and resampling, so that partial-volume
     voxels are mixed from mapped intensities."""
     full = spatial.resize_displacement(disp, tuple(fixed.shape[2:]))
-    mapped = fit_intensity_map(fixed, spatial.warp(moving, full), bins)(moving)
+    mapped = fit_intensity_map(fixed, spatial.warp(moving, full), bins, statistic=statistic)(moving)
     return pyramid(mapped, (factor,), kernels)[factor]

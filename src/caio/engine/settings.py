@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from caio.engine.intensity_map import STATISTICS
 from caio.engine.optimizer import LevelSettings
 
 
@@ -27,6 +28,9 @@ class EngineConfig:
             moving image with LNCC; the levels before it use ``"lncc2"``. The map is fitted afresh
             before each such level, from the field reached so far.
         remap_bins: moving-intensity bins of the map.
+        remap_statistic: what the map takes of the fixed intensities in each bin: ``"median"`` (beat the mean on every
+            set: LUMIR-like cross 0.6252 -> 0.6271, synthetic 0.6070 -> 0.6078, real SPM T2 0.83 -> 0.78 voxel, and
+            on 9 of the 10 held-out cross pairs, the tenth 0.0001 lower; README) or ``"mean"``.
         remap_min_explained: ``similarity="cross"``: the share of the fixed image's variance the map must
             explain after the first level (:func:`caio.engine.intensity_map.explained_variance`) to be
             remapped, else MIND-SSC (LUMIR-like pairs: 0.357-0.534, synthetic with artefacts: 0.123-0.321).
@@ -66,6 +70,7 @@ class EngineConfig:
     remap_iterations: tuple[int, ...] = (100, 60, 60, 10)
     remap_from: int = 2
     remap_bins: int = 64
+    remap_statistic: str = "median"
     remap_min_explained: float = 0.34
     eps: float = 1e-4
     level: LevelSettings = field(default_factory=LevelSettings)
@@ -91,6 +96,8 @@ class EngineConfig:
                 raise ValueError(f"the {kind} pyramid's factors and iterations must have the same length")
             if any(f < 1 for f in factors):
                 raise ValueError("pyramid factors must be >= 1")
+        if self.remap_statistic not in STATISTICS:
+            raise ValueError(f"remap_statistic '{self.remap_statistic}' is not one of {', '.join(STATISTICS)}")
         if len(self.mind_remap_factors) != len(self.mind_remap_iterations):
             raise ValueError("mind_remap_factors and mind_remap_iterations must have the same length")
         for name in ("radius", "squared_radius", "steps"):
