@@ -178,8 +178,8 @@ def test_lncc_window_can_change_per_level():
 
 
 def test_the_remapped_level_fits_the_configured_statistic_of_the_intensity_map():
-    """``remap_statistic`` reaches the remapped level: the median and the mean map of a noisy inverted contrast give
-    different fields; an unknown statistic is refused when the configuration is made."""
+    """``mind_remap_statistic`` reaches the remapped level: the median and the mean map of a noisy inverted contrast
+    give different fields; an unknown statistic is refused when the configuration is made."""
     fixed = real_slab(3)
     noise = torch.rand(fixed.shape, generator=torch.Generator().manual_seed(3)) * 40
     moving = spatial.warp(
@@ -187,12 +187,12 @@ def test_the_remapped_level_fits_the_configured_statistic_of_the_intensity_map()
     )
     short = dict(mind_factors=(2,), mind_iterations=(3,), mind_remap_iterations=(3,))
     fields = [
-        register(fixed, moving, similarity="mind", config=EngineConfig(**short, remap_statistic=statistic))[0]
+        register(fixed, moving, similarity="mind", config=EngineConfig(**short, mind_remap_statistic=statistic))[0]
         for statistic in ("median", "mean")
     ]
     assert float((fields[0] - fields[1]).abs().max()) > 1e-3
-    with pytest.raises(ValueError, match="remap_statistic"):
-        EngineConfig(remap_statistic="mode")
+    with pytest.raises(ValueError, match="mind_remap_statistic"):
+        EngineConfig(mind_remap_statistic="mode")
 
 
 def test_warm_up_loads_the_kernels_and_reports_seconds():

@@ -225,7 +225,8 @@ def register(
         if index > 0 and level_kind(index) != "mind":  # the window (and the similarity) may change per level
             kernels = make_kernels(index)
         if remapped(index):
-            m_img = images.remapped_moving(fixed, moving, current, factor, cfg.remap_bins, kernels, cfg.remap_statistic)
+            statistic = cfg.mind_remap_statistic if route == "mind" else "mean"
+            m_img = images.remapped_moving(fixed, moving, current, factor, cfg.remap_bins, kernels, statistic)
             if route == "mind":  # the fixed image itself, not its descriptors, which are dropped (0.9 GB at 1 mm)
                 f_img = images.pyramid(fixed, (factor,), kernels)[factor]
                 fixed_levels, moving_levels, last = {}, {}, None
