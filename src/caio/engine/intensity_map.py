@@ -2,11 +2,12 @@
 
 Once a coarse registration has roughly aligned the two images, the joint histogram of the fixed
 image and the warped moving image says which fixed intensity goes with each moving intensity
-(tissues keep their own intensity in each contrast). The map used here is the conditional median of
-the fixed intensity per bin of moving intensity, interpolated linearly between bins: the conditional
-mean ``E[fixed | moving = m]`` of the adaptive intensity correction of the demons algorithm (Guimond,
-Roche, Ayache & Meunier, IEEE TMI 2001) made robust, so that voxels still misaligned or mixed from two
-tissues pull a bin's value less (measured: README, "Cross-contrast settings tried"). The remapped moving
+(tissues keep their own intensity in each contrast). The map is a statistic of the fixed intensity per
+bin of moving intensity, interpolated linearly between bins: the conditional mean ``E[fixed | moving = m]``,
+as in the adaptive intensity correction of the demons algorithm (Guimond, Roche, Ayache & Meunier, IEEE
+TMI 2001; ``similarity="remap"``), or the conditional median, its robust form, for the remapped level
+after MIND-SSC, where voxels still misaligned or mixed from two tissues then pull a bin's value less
+(measured: README, "Cross-contrast settings tried"). The remapped moving
 image is then registered to the fixed one with plain LNCC, which measures a same-contrast pair better
 than squared LNCC measures a cross-contrast one.
 
@@ -63,7 +64,7 @@ def fit_intensity_map(
         min_count: bins with fewer voxels than this take the value interpolated from their
             neighbours (too few voxels for a statistic).
         statistic: ``"median"`` (read from the joint histogram with :data:`FIXED_BINS` fixed-intensity bins, to
-            the centre of the bin that holds it) or ``"mean"``.
+            the centre of the bin that holds it; fixed intensities below 0 count as 0) or ``"mean"``.
     Returns:
         :class:`IntensityMap`; the identity map when ``warped`` has no positive intensity or
         fewer than two bins are populated.
