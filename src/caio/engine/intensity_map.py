@@ -81,12 +81,14 @@ def fit_intensity_map(
         return IntensityMap(1.0, torch.linspace(0, 1, bins))
     index = (w * ((bins - 1) / top)).round().clamp(0, bins - 1).long()
     count = torch.bincount(index, minlength=bins).double()
-    total = torch.bincount(index, weights=f.double(), minlength=bins)
     populated = count >= min_count
     centres = torch.linspace(0, top, bins, dtype=torch.float64, device=f.device)
     if int(populated.sum()) < 2:
         return IntensityMap(top, centres.float())
-    values = total / count.clamp(min=1) if statistic == "mean" else _conditional_median(f, index, bins)
+    if statistic == "mean":
+        values = torch.bincount(index, weights=f.double(), minlength=bins) / count.clamp(min=1)
+    else:
+        values = _conditional_median(f, index, bins)
     return IntensityMap(top, _fill_between(values, populated).float())
 
 
