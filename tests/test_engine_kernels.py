@@ -171,3 +171,27 @@ def test_annealed_step_shrinks_linearly_from_step_to_final_step():
     plain = optimise_level(fixed, moving, zero, kernels, 6, LevelSettings(sigma_field=0))
     annealed = optimise_level(fixed, moving, zero, kernels, 6, LevelSettings(sigma_field=0, final_step=0.1))
     assert annealed.displacement.abs().max() < plain.displacement.abs().max()
+
+
+def test_max_norm_scaling_reaches_the_step_for_a_field_of_tiny_vectors():
+    """Squares of float32 values below ~4e-23 underflow: summed in float32 the longest length read as 0 and the
+    field was left unscaled (a step of 0 voxels instead of 1)."""
+    field = np.full((3, 6, 7, 5), 1e-24, np.float32)
+    field[0, 2, 3, 1] = 2e-24
+    ck.scale_to_max_norm(field, 1.0)
+    lengths = np.sqrt((field.astype(np.float64) ** 2).sum(axis=0))
+    assert lengths.max() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_feature_ssd_gradient_has_no_denormal_values():
+    """Gradient values that would be denormal float32 (features that differ only at the scale of rounding) are
+    written as 0: every later smoothing and composition pass runs 10-100x slower on denormal numbers."""
+    rng = np.random.default_rng(3)
+    shape = (4, 10, 12, 9)
+    moving = (1e-18 * (1.0 + rng.random(shape))).astype(np.float32)
+    fixed = np.zeros(shape, np.float32)
+    disp = (0.3 * rng.standard_normal((3, *shape[1:]))).astype(np.float32)
+    _, field = ck.ssd_displacement_gradient(fixed, np.ascontiguousarray(moving.transpose(1, 2, 3, 0)), disp)
+    denormal = (field != 0) & (np.abs(field) < np.finfo(np.float32).tiny)
+    assert not denormal.any()
+    assert np.abs(field).max() == 0 or np.abs(field).max() >= ck.TINY
