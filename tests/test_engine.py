@@ -105,23 +105,36 @@ def test_cross_remaps_when_the_map_explains_enough_and_takes_mind_ssc_when_not(t
     assert after > before + 0.2 * (1 - before), (before, after)  # as the cross-contrast test above
 
 
+def _steps_scaled(config: EngineConfig, scale: float) -> EngineConfig:
+    """``config`` with the step of its LNCC and MIND-SSC levels multiplied by ``scale``."""
+    return dataclasses.replace(
+        config,
+        level=dataclasses.replace(config.level, step=config.level.step * scale),
+        mind_level=dataclasses.replace(config.mind_level, step=config.mind_level.step * scale),
+    )
+
+
 def test_mind_ends_with_lncc_against_the_moving_image_remapped_on_the_mind_aligned_pair():
     pair = _WarpedT1T2()
     config = _CONFIG_3MM
-    alone, trace_alone = register(
-        pair.fixed,
-        pair.moving,
-        similarity="mind",
-        config=dataclasses.replace(config, mind_remap_factors=(), mind_remap_iterations=()),
-    )
+    without_remap = dataclasses.replace(config, mind_remap_factors=(), mind_remap_iterations=())
+    _, trace_alone = register(pair.fixed, pair.moving, similarity="mind", config=without_remap)
     assert [level.similarity for level in trace_alone.levels] == ["lncc2", "mind", "mind"]
-    refined, trace = register(pair.fixed, pair.moving, similarity="mind", config=config)
+    _, trace = register(pair.fixed, pair.moving, similarity="mind", config=config)
     last = trace.levels[-1]
     assert [level.similarity for level in trace.levels] == ["lncc2", "mind", "mind", "lncc"] and last.factor == 1
     assert last.done == config.mind_remap_iterations[-1] and last.similarity_end > last.similarity_start  # intensities
     # drawn from labels, the two contrasts are a function of each other: the remapped image sharpens the field
-    # (measured with 15 remapped iterations 0.753 -> 0.786; 1 mm LUMIR-like pairs with 10: 0.598 -> 0.622, README)
-    assert pair.dice_before_and_after(refined)[1] > pair.dice_before_and_after(alone)[1] + 0.01
+    # (1 mm LUMIR-like pairs with 10 remapped iterations: 0.598 -> 0.622, README). On this small pair one run's Dice
+    # moves by up to 0.03 when the step changes by 1e-6 (the step is scaled by the longest update vector, whose voxel
+    # can switch), so the comparison is of the mean over three steps: with 15 remapped iterations 0.769 -> 0.790
+    alone_dice, refined_dice = [], []
+    for scale in (1.0, 0.99, 1.01):
+        alone, _ = register(pair.fixed, pair.moving, similarity="mind", config=_steps_scaled(without_remap, scale))
+        refined, _ = register(pair.fixed, pair.moving, similarity="mind", config=_steps_scaled(config, scale))
+        alone_dice.append(pair.dice_before_and_after(alone)[1])
+        refined_dice.append(pair.dice_before_and_after(refined)[1])
+    assert np.mean(refined_dice) > np.mean(alone_dice) + 0.01, (alone_dice, refined_dice)
 
 
 def test_mind_starts_with_squared_lncc_and_keeps_to_it_when_the_descriptors_would_miss_the_deadline():
