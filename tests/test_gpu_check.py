@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ def test_gpu_check_smoke_writes_one_json_with_every_section(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},  # the interpreter running the tests, activated or not
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
