@@ -29,14 +29,17 @@ class CostModel:
         seconds_per_voxel: per-voxel part (starts at the prior).
         seconds_per_pass: fixed part of every pass (0 until two grid sizes are measured).
         startup_per_voxel: the extra cost of a level's first pass, per voxel, on the largest grid measured so far.
-        measured: whether the estimate comes from a measurement on this pair.
     """
 
     seconds_per_voxel: float
     seconds_per_pass: float = 0.0
     startup_per_voxel: float = 0.0
-    measured: bool = False
     _steady: dict[int, float] = field(default_factory=dict, repr=False)  # voxels -> seconds of a later pass
+
+    @property
+    def measured(self) -> bool:
+        """Whether the estimate comes from a measurement on this pair (else it is the prior)."""
+        return bool(self._steady)
 
     def iteration_seconds(self, voxels: int) -> float:
         """Predicted seconds of one iteration on a grid of ``voxels`` voxels."""
@@ -66,7 +69,6 @@ class CostModel:
             if voxels >= max(self._steady, default=0):  # the largest grid's: on small ones the fixed part dominates
                 self.startup_per_voxel = max(0.0, first_pass_seconds - steady) / voxels
         self._steady[voxels] = steady
-        self.measured = True
         small, large = min(self._steady), max(self._steady)
         if small == large:
             self.seconds_per_voxel, self.seconds_per_pass = steady / voxels, 0.0
