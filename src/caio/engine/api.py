@@ -51,7 +51,7 @@ CROSS_CONTRAST_SIMILARITY = "mind"
 """What ``similarity="auto"`` (and the pipeline) use for a cross-contrast pair: MIND-SSC beat remapping on real
 contrasts (known warps) and on synthetic pairs with scanner artefacts; remapping only on label-drawn ones, and one
 remapped full-resolution level after MIND-SSC helps those and moves real contrasts' endpoint error by at most 0.04
-voxel (README)."""
+voxel (README, "The registration engine"; notes/measurements.md, "Remapped refinement after MIND-SSC")."""
 
 
 def resolve_similarity(similarity: str, fixed: torch.Tensor, moving: torch.Tensor) -> str:

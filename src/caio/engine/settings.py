@@ -1,6 +1,6 @@
 """Settings of the registration engine (:func:`caio.engine.register`): pyramids, iterations, windows, steps.
 
-Every default was chosen by measurement (README, "Registration engine"); the iteration counts are upper bounds
+Every default was chosen by measurement (README, "The registration engine"); the iteration counts are upper bounds
 that the anytime schedule (:mod:`caio.engine.schedule`) trims when the deadline is short.
 """
 
@@ -38,7 +38,9 @@ class EngineConfig:
         mind_factors, mind_iterations: the MIND-SSC pyramid and its iterations (30 at 1/2 and 100
             squared-LNCC iterations before it instead of 50 and 200: -0.0015 / -0.0005 Dice on the LUMIR-like /
             synthetic cross pairs, 1.8 s less per 1 mm pair; 5 at full resolution and 15 remapped after them
-            instead of 10 and 10: +0.005 / +0.002 Dice there, +0.004 on both held-out sets, same time; README).
+            instead of 10 and 10: +0.005 / +0.002 Dice there, +0.004 on both held-out sets, same time;
+            notes/measurements.md, "Faster CPU kernels and a shorter cross-contrast schedule" and "Held-out pairs
+            and more remapped iterations").
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the full-resolution
             image; the descriptors are computed there once and resampled for the coarser levels).
         mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxels beat 0.5 (Dice
@@ -48,12 +50,14 @@ class EngineConfig:
             twice that as a margin) fit before the deadline.
         mind_remap_statistic: what the map of those levels takes of the fixed intensities in each moving bin:
             ``"median"`` (beat the mean on every set: LUMIR-like cross 0.6252 -> 0.6271, synthetic 0.6070 -> 0.6078,
-            real SPM T2 0.83 -> 0.78 voxel, and on 9 of the 10 held-out cross pairs, the tenth 0.0001 lower; README)
+            real SPM T2 0.83 -> 0.78 voxel, and on 9 of the 10 held-out cross pairs, the tenth 0.0001 lower;
+            notes/measurements.md, "Cross-contrast settings tried after the held-out check")
             or ``"mean"``. ``similarity="remap"`` fits its map on a pair aligned only by squared LNCC and keeps the
             mean: the median lost there (3 mm test pair: Dice 0.614 -> 0.602).
         mind_remap_factors, mind_remap_iterations: levels run after the MIND-SSC ones: LNCC against the moving
             image remapped to the fixed contrast by the intensity map fitted on the MIND-SSC-aligned pair
-            (:mod:`caio.engine.intensity_map`); ``()`` ends with MIND-SSC. Measured choices: README.
+            (:mod:`caio.engine.intensity_map`); ``()`` ends with MIND-SSC. Measured choices: notes/measurements.md,
+            "Remapped refinement after MIND-SSC" and "Held-out pairs and more remapped iterations".
         min_iterations: a level that would get fewer iterations than this is skipped.
         prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
         crop_margin: register inside the bounding box of the non-zero voxels of either image,

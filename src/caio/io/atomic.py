@@ -33,7 +33,8 @@ TMP_SUFFIX = ".tmp"
 GZIP_LEVEL = 0
 """Compression level of ``.nii.gz`` outputs: 0 (stored). A float32 displacement hardly compresses (its
 mantissa bits are noise): levels 1/6/9 save 7 % of 83 MB for 6-10 s of CPU per field, level 0 takes
-about 1 s (the CRC) and stays a valid gzip stream that nibabel loads (README, "Write cost")."""
+about 1 s (the CRC) and stays a valid gzip stream that nibabel loads (README, "Reading and writing: throughput and
+write cost")."""
 STRAY_MAX_AGE_S = 6 * 3600.0
 """A temporary file older than this is a leftover even when its process id is alive (reused ids)."""
 

@@ -3,7 +3,7 @@
 Every problem with a user's file raises :class:`caio.errors.CaioInputError` whose message is
 one line naming the file and the problem.
 
-Decisions on the dataset JSON (README "Bad inputs"):
+Decisions on the dataset JSON (README "Bad input"):
 
 * A problem with the JSON itself (not found, malformed, no pair list, an empty pair list, an
   entry without ``fixed``/``moving``, a file name without LUMIR IDs, a relative path that
