@@ -61,6 +61,7 @@ _CONFIG_3MM = EngineConfig(
     iterations=(60, 30),
     mind_factors=(2, 1),
     mind_iterations=(60, 30),
+    mind_remapped_levels=(),
     remap_factors=(2, 1),
     remap_iterations=(60, 30),
     remap_from=1,
@@ -92,6 +93,7 @@ def test_cross_remaps_when_the_map_explains_enough_and_takes_mind_ssc_when_not(t
         remap_min_explained=threshold,
         mind_factors=(2, 1),
         mind_iterations=(60, 30),
+        mind_remapped_levels=(),
         level=LevelSettings(step=1.0),
         mind_level=LevelSettings(step=1.0, sigma_field=0.75),
     )
@@ -138,11 +140,29 @@ def test_mind_ends_with_lncc_against_the_moving_image_remapped_on_the_mind_align
     assert np.mean(refined_dice) > np.mean(alone_dice) + 0.01, (alone_dice, refined_dice)
 
 
+def test_a_remapped_level_between_descriptor_levels_hands_its_field_back_to_mind_ssc():
+    pair = _WarpedT1T2()
+    config = dataclasses.replace(
+        _CONFIG_3MM, mind_factors=(2, 1, 1), mind_iterations=(60, 20, 10), mind_remapped_levels=(1,)
+    )
+    disp, trace = register(pair.fixed, pair.moving, similarity="mind", config=config)
+    assert [level.similarity for level in trace.levels] == ["lncc2", "mind", "lncc", "mind", "lncc"]
+    remapped, descriptors_again = trace.levels[2], trace.levels[3]
+    # LNCC of the remapped image is positive; the descriptors' similarity is minus their mean squared difference:
+    # the level after the remapped one went back to the descriptors' kernels and kept them (they are not dropped)
+    assert remapped.similarity_start > 0 and remapped.similarity_end > remapped.similarity_start
+    assert descriptors_again.similarity_start < 0 and descriptors_again.done == 10
+    before, after = pair.dice_before_and_after(disp)
+    assert after > before + 0.25 * (1 - before), (before, after)  # as the cross-contrast test above
+    with pytest.raises(ValueError, match="mind_remapped_levels"):
+        EngineConfig(mind_factors=(4, 2, 1), mind_iterations=(100, 30, 5), mind_remapped_levels=(3,))
+
+
 def test_mind_starts_with_squared_lncc_and_keeps_to_it_when_the_descriptors_would_miss_the_deadline():
     pair = _WarpedT1T2()
     config = EngineConfig(remap_factors=(2, 1), remap_iterations=(60, 30), remap_from=1, level=LevelSettings(step=1.0))
     disp, trace = register(pair.fixed, pair.moving, similarity="mind", config=config)
-    assert [level.similarity for level in trace.levels] == ["lncc2", "mind", "mind", "mind", "lncc"]
+    assert [level.similarity for level in trace.levels] == ["lncc2", "mind", "mind", "lncc", "mind", "lncc"]
     # descriptors priced at 1 s per voxel never fit a 20 s deadline: squared LNCC goes on to the finer levels
     slow = dataclasses.replace(config, mind_seconds_per_voxel=1.0)
     start = time.monotonic()
@@ -199,7 +219,7 @@ def test_the_remapped_level_fits_the_configured_statistic_of_the_intensity_map()
     moving = spatial.warp(
         torch.where(fixed > 0, 300.0 - fixed + noise, 0.0), smooth_random(fixed.shape[2:], 3, 4, 2, 5)
     )
-    short = dict(mind_factors=(2,), mind_iterations=(3,), mind_remap_iterations=(3,))
+    short = dict(mind_factors=(2,), mind_iterations=(3,), mind_remap_iterations=(3,), mind_remapped_levels=())
     fields = [
         register(fixed, moving, similarity="mind", config=EngineConfig(**short, mind_remap_statistic=statistic))[0]
         for statistic in ("median", "mean")
@@ -242,5 +262,5 @@ def test_bad_inputs_are_rejected_with_a_message():
         register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="ncc")
     # a window per level of factors cannot serve the longer MIND-SSC pyramid (its remapped level would index past it)
     per_level = EngineConfig(radius=(3, 3, 3), remap_factors=(4, 2, 1), remap_iterations=(20, 10, 5), remap_from=1)
-    with pytest.raises(ValueError, match=r"mind_factors \+ mind_remap_factors have 4"):
+    with pytest.raises(ValueError, match=r"mind_factors \+ mind_remap_factors have 5"):
         register(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8), similarity="mind", config=per_level)

@@ -157,7 +157,7 @@ def test_the_descriptor_levels_are_planned_from_the_pairs_measured_cost():
     fixed = real_slab(3)
     moving = torch.where(fixed > 0, 255.0 - fixed, fixed)  # inverted contrast inside the head
     warm_up()
-    config = EngineConfig(mind_iterations=(40, 10, 2), mind_remap_iterations=(2,), prior_seconds_per_voxel=1e-4)
+    config = EngineConfig(mind_iterations=(40, 10, 10, 2), mind_remap_iterations=(2,), prior_seconds_per_voxel=1e-4)
     budget = 20.0
     start = time.monotonic()
     _, trace = register(fixed, moving, similarity="mind", deadline=start + budget, config=config)

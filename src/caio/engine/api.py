@@ -3,8 +3,8 @@
 Multi-resolution, anytime, greedy diffeomorphic optimisation (:mod:`caio.engine.optimizer`) of
 LNCC (same contrast), of squared LNCC followed by LNCC against the moving image remapped to the
 fixed contrast (cross contrast, :mod:`caio.engine.intensity_map`), or of the squared difference of
-MIND-SSC descriptors (then LNCC against the moving image remapped on the MIND-SSC-aligned pair), coarse
-to fine over an image pyramid (:mod:`caio.engine.images`). Every
+MIND-SSC descriptors (with levels of LNCC against the moving image remapped on the MIND-SSC-aligned pair
+between and after them), coarse to fine over an image pyramid (:mod:`caio.engine.images`). Every
 level yields a valid field; the deadline is checked every iteration, and the schedule
 (:mod:`caio.engine.schedule`) trims the finest level's iterations first when time is short.
 
@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 SIMILARITIES = ("auto", "lncc", "lncc2", "remap", "mind", "cross")
 """``lncc``: local normalised cross-correlation (same contrast); ``lncc2``: its square (any contrast);
 ``remap``: ``lncc2`` on the coarse levels, then LNCC against the moving image remapped to the fixed
-contrast (:mod:`caio.engine.intensity_map`); ``mind``: MIND-SSC descriptors' squared difference, then
-(``EngineConfig.mind_remap_factors``) LNCC against the moving image remapped with the map fitted on that field;
+contrast (:mod:`caio.engine.intensity_map`); ``mind``: MIND-SSC descriptors' squared difference, with levels
+(``EngineConfig.mind_remapped_levels``, ``mind_remap_factors``) of LNCC against the moving image remapped with the
+map fitted on the field reached so far;
 ``cross``: ``remap``'s first level, then ``remap`` if the intensity map explains at least
 ``EngineConfig.remap_min_explained`` of the fixed image's variance, ``mind`` (from that first field) if not."""
 SAME_CONTRAST_SIMILARITY = "lncc"
@@ -83,7 +84,9 @@ def warm_up() -> float:
     start = time.monotonic()
     image = torch.zeros((1, 1, 12, 12, 12))
     image[..., 3:9, 3:9, 3:9] = 1.0
-    config = EngineConfig(factors=(1,), iterations=(1,), mind_factors=(1,), mind_iterations=(1,), crop_margin=-1)
+    config = EngineConfig(
+        factors=(1,), iterations=(1,), mind_factors=(1,), mind_iterations=(1,), mind_remapped_levels=(), crop_margin=-1
+    )
     for kind in ("lncc", "mind"):
         register(image, image, similarity=kind, device="cpu", config=config)
     cpu_filters.compile_streaming()  # 1 mm volumes only: else the first full-size pair would compile it on its clock
@@ -152,8 +155,8 @@ def register(
         return "lncc2" if route == "remap" else route
 
     def remapped(index: int) -> bool:
-        if route == "mind":  # the levels after the MIND-SSC ones
-            return index >= len(cfg.mind_factors)
+        if route == "mind":  # the levels after the MIND-SSC ones, and those of them configured to be remapped
+            return index >= len(cfg.mind_factors) or index in cfg.mind_remapped_levels
         return route == "remap" and index >= cfg.remap_from
 
     def make_kernels(index: int) -> TorchKernels | NumbaKernels:
@@ -222,14 +225,15 @@ def register(
             torch.zeros((1, 3, *shape), device=device) if disp is None else spatial.resize_displacement(disp, shape)
         )
         f_img, m_img = fixed_levels.get(factor), moving_levels.get(factor)
-        if index > 0 and level_kind(index) != "mind":  # the window (and the similarity) may change per level
-            kernels = make_kernels(index)
+        if index > 0 and (level_kind(index) != "mind" or level_kind(index - 1) != "mind"):
+            kernels = make_kernels(index)  # the window (and the similarity) may change per level
         if remapped(index):
             statistic = cfg.mind_remap_statistic if route == "mind" else "mean"
             m_img = images.remapped_moving(fixed, moving, current, factor, cfg.remap_bins, kernels, statistic)
-            if route == "mind":  # the fixed image itself, not its descriptors, which are dropped (0.9 GB at 1 mm)
+            if route == "mind":  # the fixed image itself, not its descriptors
                 f_img = images.pyramid(fixed, (factor,), kernels)[factor]
-                fixed_levels, moving_levels, last = {}, {}, None
+                if all(remapped(later) for later in range(index + 1, len(factors))):
+                    fixed_levels, moving_levels, last = {}, {}, None  # no MIND-SSC level left: drop (0.9 GB at 1 mm)
         # this level stops in time for its own two closing passes and for the later levels' planned iterations,
         # closing passes and start-up (its own start-up is paid by its first pass, inside the level)
         reserve = 2 * cost.iteration_seconds(voxels[index]) + sum(

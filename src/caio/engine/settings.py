@@ -40,7 +40,8 @@ class EngineConfig:
             synthetic cross pairs, 1.8 s less per 1 mm pair; 5 at full resolution and 15 remapped after them
             instead of 10 and 10: +0.005 / +0.002 Dice there, +0.004 on both held-out sets, same time;
             notes/measurements.md, "Faster CPU kernels and a shorter cross-contrast schedule" and "Held-out pairs
-            and more remapped iterations").
+            and more remapped iterations"). With the remapped 1/2 level of ``mind_remapped_levels``: 20 MIND-SSC and
+            20 remapped iterations at 1/2 and 10 remapped at the end, in the time of 30 and 15 without it.
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the full-resolution
             image; the descriptors are computed there once and resampled for the coarser levels).
         mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxels beat 0.5 (Dice
@@ -58,6 +59,12 @@ class EngineConfig:
             image remapped to the fixed contrast by the intensity map fitted on the MIND-SSC-aligned pair
             (:mod:`caio.engine.intensity_map`); ``()`` ends with MIND-SSC. Measured choices: notes/measurements.md,
             "Remapped refinement after MIND-SSC" and "Held-out pairs and more remapped iterations".
+        mind_remapped_levels: indices (in ``mind_factors``) of levels that register LNCC against the remapped
+            moving image, as the levels after them, instead of the descriptors; the MIND-SSC levels that follow
+            go on from that field. Default: the second 1/2 level, between MIND-SSC at 1/2 and at full resolution
+            (LUMIR-like cross 0.6276 -> 0.6508, synthetic 0.6078 -> 0.6113, real contrasts unchanged, same time;
+            remapped levels only after the full-resolution MIND-SSC level had cost real contrasts 0.10-0.33
+            voxel; notes/measurements.md, "A remapped level between MIND-SSC levels").
         min_iterations: a level that would get fewer iterations than this is skipped.
         prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
         crop_margin: register inside the bounding box of the non-zero voxels of either image,
@@ -80,14 +87,15 @@ class EngineConfig:
     eps: float = 1e-4
     level: LevelSettings = field(default_factory=LevelSettings)
     steps: tuple[float, ...] | None = None
-    mind_factors: tuple[int, ...] = (4, 2, 1)
-    mind_iterations: tuple[int, ...] = (100, 30, 5)
+    mind_factors: tuple[int, ...] = (4, 2, 2, 1)
+    mind_iterations: tuple[int, ...] = (100, 20, 20, 5)
     mind_radius: int = 1
     mind_dilation: int = 1
     mind_level: LevelSettings = field(default_factory=lambda: LevelSettings(sigma_field=0.75))
     mind_seconds_per_voxel: float = 2.5e-7
     mind_remap_factors: tuple[int, ...] = (1,)
-    mind_remap_iterations: tuple[int, ...] = (15,)
+    mind_remap_iterations: tuple[int, ...] = (10,)
+    mind_remapped_levels: tuple[int, ...] = (2,)
     mind_remap_statistic: str = "median"
     min_iterations: int = 3
     prior_seconds_per_voxel: float = 2e-7
@@ -108,6 +116,11 @@ class EngineConfig:
             )
         if len(self.mind_remap_factors) != len(self.mind_remap_iterations):
             raise ValueError("mind_remap_factors and mind_remap_iterations must have the same length")
+        if any(not 0 <= i < len(self.mind_factors) for i in self.mind_remapped_levels):
+            raise ValueError(
+                f"mind_remapped_levels {self.mind_remapped_levels} must index levels of mind_factors "
+                f"(0 to {len(self.mind_factors) - 1})"
+            )
         for name in ("radius", "squared_radius", "steps"):
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != len(self.factors):
