@@ -40,8 +40,10 @@ class EngineConfig:
             synthetic cross pairs, 1.8 s less per 1 mm pair; 5 at full resolution and 15 remapped after them
             instead of 10 and 10: +0.005 / +0.002 Dice there, +0.004 on both held-out sets, same time;
             notes/measurements.md, "Faster CPU kernels and a shorter cross-contrast schedule" and "Held-out pairs
-            and more remapped iterations"). With the remapped 1/2 level of ``mind_remapped_levels``: 20 MIND-SSC and
-            20 remapped iterations at 1/2 and 10 remapped at the end, in the time of 30 and 15 without it.
+            and more remapped iterations"). With the remapped 1/2 level of ``mind_remapped_levels``: 60 and 20
+            MIND-SSC iterations at 1/4 and 1/2, 10 remapped at 1/2, 12 MIND-SSC at full resolution and 5 remapped
+            at the end, in the time of the schedule without it (more full-resolution MIND-SSC iterations after the
+            remapped level is what keeps real contrasts accurate: 5 there cost 0.04-0.19 voxel).
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the full-resolution
             image; the descriptors are computed there once and resampled for the coarser levels).
         mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxels beat 0.5 (Dice
@@ -62,9 +64,9 @@ class EngineConfig:
         mind_remapped_levels: indices (in ``mind_factors``) of levels that register LNCC against the remapped
             moving image, as the levels after them, instead of the descriptors; the MIND-SSC levels that follow
             go on from that field. Default: the second 1/2 level, between MIND-SSC at 1/2 and at full resolution
-            (LUMIR-like cross 0.6276 -> 0.6508, synthetic 0.6078 -> 0.6113, real contrasts unchanged, same time;
-            remapped levels only after the full-resolution MIND-SSC level had cost real contrasts 0.10-0.33
-            voxel; notes/measurements.md, "A remapped level between MIND-SSC levels").
+            (LUMIR-like cross 0.6276 -> 0.6420, synthetic 0.6078 -> 0.6108, real contrasts' endpoint error equal
+            or lower, same time; remapped levels only after the full-resolution MIND-SSC level had cost real
+            contrasts 0.10-0.33 voxel; notes/measurements.md, "A remapped level between MIND-SSC levels").
         min_iterations: a level that would get fewer iterations than this is skipped.
         prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
         crop_margin: register inside the bounding box of the non-zero voxels of either image,
@@ -88,13 +90,13 @@ class EngineConfig:
     level: LevelSettings = field(default_factory=LevelSettings)
     steps: tuple[float, ...] | None = None
     mind_factors: tuple[int, ...] = (4, 2, 2, 1)
-    mind_iterations: tuple[int, ...] = (100, 20, 20, 5)
+    mind_iterations: tuple[int, ...] = (60, 20, 10, 12)
     mind_radius: int = 1
     mind_dilation: int = 1
     mind_level: LevelSettings = field(default_factory=lambda: LevelSettings(sigma_field=0.75))
     mind_seconds_per_voxel: float = 2.5e-7
     mind_remap_factors: tuple[int, ...] = (1,)
-    mind_remap_iterations: tuple[int, ...] = (10,)
+    mind_remap_iterations: tuple[int, ...] = (5,)
     mind_remapped_levels: tuple[int, ...] = (2,)
     mind_remap_statistic: str = "median"
     min_iterations: int = 3
