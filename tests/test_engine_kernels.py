@@ -37,6 +37,18 @@ def test_numba_warp_compose_blur_and_box_match_the_torch_reference():
     assert np.allclose(cf.separable_filter(u[0].numpy(), ones, False), box_sum(u, 2)[0].numpy(), atol=1e-4)
 
 
+def test_both_backends_warp_an_image_as_spatial_warp_does():
+    shape = (18, 22, 20)
+    moving = smooth_random(shape, 1, 1.0, 1.0, 3)
+    disp = smooth_random(shape, 3, 2.0, 4.0, 4)  # reaches past the border: clamped as spatial.warp's border padding
+    expected = spatial.warp(moving, disp)
+    cpu = NumbaKernels("lncc")
+    assert torch.allclose(cpu.warp(moving, disp), expected, atol=1e-5)
+    assert torch.allclose(TorchKernels(lncc_and_gradient).warp(moving, disp), expected, atol=1e-6)
+    smaller = smooth_random((9, 11, 10), 3, 1.0, 1.0, 5)  # the workspace follows the grid of each call
+    assert torch.allclose(cpu.warp(moving[..., ::2, ::2, ::2], smaller), spatial.warp(moving[..., ::2, ::2, ::2], smaller), atol=1e-5)
+
+
 def test_warp_gradient_is_the_derivative_of_the_interpolated_image():
     shape = (16, 18, 17)
     moving = smooth_random(shape, 1, 1.5, 1.0, 3)[0].numpy()

@@ -88,3 +88,11 @@ def test_every_package_folder_has_an_init_so_that_it_is_installed():
     folders = {p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
     missing = sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").is_file())
     assert not missing, f"folders without __init__.py (setuptools would not install them): {missing}"
+
+
+def test_predict_starts_without_importing_scipy_ndimage():
+    """Each ``predict.py`` process pays its imports before the first pair (0.15 s for ``scipy.ndimage``, which only
+    the resampling of an off-grid input needs)."""
+    code = "import sys, caio.cli.predict; sys.exit(3 if 'scipy.ndimage' in sys.modules else 0)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr or "scipy.ndimage was imported"

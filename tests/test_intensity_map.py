@@ -58,6 +58,15 @@ def test_the_mean_map_is_the_conditional_mean_of_the_fixed_image_per_moving_inte
     assert float(table(torch.tensor([0.5 * table.top * 1.5]))) == pytest.approx(6.0, rel=1e-2)
 
 
+def test_applying_a_map_interpolates_between_bins_clamps_beyond_them_and_leaves_its_input_alone():
+    table = IntensityMap(top=4.0, values=torch.tensor([0.0, 10.0, 30.0, 20.0, 50.0]))  # bins at 0, 1, 2, 3, 4
+    moving = torch.tensor([-1.0, 0.0, 0.25, 1.5, 2.5, 3.999, 4.0, 9.0]).reshape(1, 1, 1, 2, 4)
+    kept = moving.clone()
+    mapped = table(moving)
+    assert mapped.flatten().tolist() == pytest.approx([0.0, 0.0, 2.5, 20.0, 25.0, 49.97, 50.0, 50.0], abs=1e-4)
+    assert torch.equal(moving, kept)
+
+
 def test_bins_with_too_few_voxels_take_their_neighbours_value():
     moving = torch.cat([torch.zeros(50), torch.full((50,), 4.0), torch.full((3,), 2.0)]).reshape(1, 1, 1, 1, -1)
     fixed = torch.cat([torch.full((50,), 1.0), torch.full((50,), 9.0), torch.full((3,), 100.0)]).reshape(moving.shape)

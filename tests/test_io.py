@@ -185,6 +185,20 @@ def test_output_file_is_float32_channel_last_and_reads_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disp_3455_3454.nii.gz"]  # no temp files left
 
 
+def test_streamed_output_file_holds_the_bytes_nibabel_makes_of_the_whole_image(tmp_path):
+    """The field is streamed into the (gzip) file from a channel-last view; the bytes are those of nibabel's
+    in-memory image of the contiguous channel-last array, header included."""
+    import gzip
+
+    disp = np.random.default_rng(0).normal(size=(3, 9, 11, 13)).astype(np.float32)
+    reference = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(disp, 0, -1)), np.eye(4))
+    reference.header.set_xyzt_units("mm")
+    for name in ("d.nii.gz", "d.nii"):
+        path = io.write_displacement(tmp_path / name, disp)
+        data = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+        assert data == reference.to_bytes()
+
+
 def test_read_displacement_accepts_channel_first_and_rejects_bad_files(tmp_path):
     disp = np.random.default_rng(0).standard_normal((3, 4, 5, 6)).astype(np.float32)
     first = save(tmp_path / "first.nii.gz", disp)

@@ -82,5 +82,5 @@ def remapped_moving(
     (a field on the level's grid) and applied before the level's blur and resampling, so that partial-volume
     voxels are mixed from mapped intensities."""
     full = spatial.resize_displacement(disp, tuple(fixed.shape[2:]))
-    mapped = fit_intensity_map(fixed, spatial.warp(moving, full), bins, statistic=statistic)(moving)
+    mapped = fit_intensity_map(fixed, kernels.warp(moving, full), bins, statistic=statistic)(moving)
     return pyramid(mapped, (factor,), kernels)[factor]

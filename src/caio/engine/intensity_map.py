@@ -37,11 +37,13 @@ class IntensityMap:
     def __call__(self, moving: torch.Tensor) -> torch.Tensor:
         """``moving`` (any shape) with every intensity replaced by the map's value for it."""
         bins = self.values.numel()
-        position = (moving * ((bins - 1) / self.top)).clamp(0, bins - 1)
-        lower = position.floor().long().clamp(max=bins - 2)
-        fraction = position - lower
+        # in place where possible: at 1 mm each temporary is 27-55 MB of fresh pages
+        fraction = (moving * ((bins - 1) / self.top)).clamp_(0, bins - 1)
+        lower = fraction.floor().long().clamp_(max=bins - 2)
+        fraction -= lower
         values = self.values.to(moving.device, moving.dtype)
-        return values[lower] * (1 - fraction) + values[lower + 1] * fraction
+        result = values[lower].mul_(1 - fraction)
+        return result.add_(values[lower.add_(1)].mul_(fraction))
 
 
 STATISTICS = ("median", "mean")

@@ -144,6 +144,10 @@ class TorchKernels:
         """Gaussian blur (replicate padding), as :func:`caio.spatial.gaussian_blur`."""
         return spatial.gaussian_blur(image, sigma)
 
+    def warp(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+        """``image`` ``[1, 1, ...]`` warped by ``disp`` ``[1, 3, ...]`` (:func:`caio.spatial.warp`)."""
+        return spatial.warp(image, disp)
+
     def update(
         self, disp: torch.Tensor, gradient: torch.Tensor, settings: LevelSettings, spare: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -216,13 +216,11 @@ def read_nifti_descrip(path: str | os.PathLike) -> str | None:
 
 
 def _save_nifti(img: nib.Nifti1Image, tmp: Path, gzipped: bool, compresslevel: int = GZIP_LEVEL) -> None:
-    """NIfTI bytes to ``tmp`` (whose ``.tmp`` suffix nibabel cannot infer a format from)."""
-    data = img.to_bytes()
-    if gzipped:
-        with gzip.open(tmp, "wb", compresslevel=compresslevel) as fh:
-            fh.write(data)
-    else:
-        tmp.write_bytes(data)
+    """NIfTI bytes to ``tmp`` (whose ``.tmp`` suffix nibabel cannot infer a format from), streamed: nibabel writes
+    the header and then the array slab by slab into the file (``to_bytes`` first built the whole file in memory,
+    two more copies of an 83 MB field)."""
+    with gzip.open(tmp, "wb", compresslevel=compresslevel) if gzipped else open(tmp, "wb") as fh:
+        img.to_file_map({"image": nib.FileHolder(fileobj=fh)})
 
 
 def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:

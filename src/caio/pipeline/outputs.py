@@ -119,7 +119,7 @@ def write_displacement_with_status(path: Path, disp: np.ndarray, descrip: str) -
         raise ValueError(f"displacement must be (3, D0, D1, D2), got {disp.shape}")
     if not np.isfinite(disp).all():
         raise ValueError("displacement contains NaN or infinite values; refusing to write it")
-    channel_last = np.ascontiguousarray(np.moveaxis(disp, 0, -1), dtype=np.float32)
+    channel_last = np.moveaxis(disp.astype(np.float32, copy=False), 0, -1)  # a view: nibabel writes it slab by slab
     return write_nifti_atomic(path, channel_last, descrip=descrip)
 
 
