@@ -80,7 +80,7 @@ def remapped_moving(
     """The moving image remapped to the fixed contrast (:mod:`caio.engine.intensity_map`, ``statistic`` per bin), on
     the grid of pyramid level ``factor``: the map is fitted at full resolution against ``moving`` warped by ``disp``
     (a field on the level's grid) and applied before the level's blur and resampling, so that partial-volume
-    voxels are mixed from mapped intensities."""
+    voxels are mixed from mapped intensities. ``kernels`` (the level's backend) warps and blurs."""
     full = spatial.resize_displacement(disp, tuple(fixed.shape[2:]))
     mapped = fit_intensity_map(fixed, kernels.warp(moving, full), bins, statistic=statistic)(moving)
     return pyramid(mapped, (factor,), kernels)[factor]

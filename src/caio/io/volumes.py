@@ -177,22 +177,27 @@ def conform_to_shape(volume: np.ndarray, shape: Sequence[int], order: int = 1) -
     return out[tuple(slice(0, n) for n in shape)].astype(volume.dtype, copy=False)
 
 
-def write_displacement(path: str | os.PathLike, disp: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    """Write a displacement as the organizers do: float32, ``(D0, D1, D2, 3)``, identity affine.
+def write_displacement(
+    path: str | os.PathLike, disp: np.ndarray, affine: np.ndarray | None = None, *, descrip: str | None = None
+) -> Path:
+    """Write a displacement as the organizers do: float32, ``(D0, D1, D2, 3)``, identity affine, atomically.
 
     Args:
         disp: ``(3, D0, D1, D2)`` channel-first displacement in voxels (caio's in-memory layout).
         affine: header affine (``None``: identity, the LUMIR convention; ``caio register``
             passes the fixed image's, so viewers overlay the field on the fixed image).
+        descrip: text for the header's ``descrip`` field (``predict.py`` writes each pair's status there).
     Raises:
         ValueError: wrong layout or non-finite values (a bug, not a user error).
+        CaioInputError: the file cannot be written (the temporary file is removed).
     """
     disp = np.asarray(disp)
     if disp.ndim != 4 or disp.shape[0] != 3:
         raise ValueError(f"displacement must be (3, D0, D1, D2), got {disp.shape}")
     if not np.isfinite(disp).all():
         raise ValueError("displacement contains NaN or infinite values; refusing to write it")
-    return write_nifti_atomic(path, np.moveaxis(np.asarray(disp, np.float32), 0, -1), affine)  # a view
+    channel_last = np.moveaxis(np.asarray(disp, np.float32), 0, -1)  # a view: nibabel writes it slab by slab
+    return write_nifti_atomic(path, channel_last, affine, descrip=descrip)
 
 
 def read_displacement(path: str | os.PathLike, expected_shape: Sequence[int] | None = None) -> np.ndarray:

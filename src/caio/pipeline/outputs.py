@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 
 from caio.errors import CaioInputError
-from caio.io import Pair, output_names, validate_displacement_file
-from caio.io.atomic import read_nifti_descrip, replace_atomically, temporary_name, write_nifti_atomic
+from caio.io import Pair, output_names, validate_displacement_file, write_displacement
+from caio.io.atomic import read_nifti_descrip, replace_atomically, temporary_name
 from caio.pipeline.config import PipelineConfig
 from caio.pipeline.pair import PairResult
 
@@ -107,27 +107,11 @@ def resume_decision(pair: Pair, out_dir: Path, cfg: PipelineConfig) -> ResumeDec
     return ResumeDecision(True, path=recorded[1])
 
 
-def write_displacement_with_status(path: Path, disp: np.ndarray, descrip: str) -> Path:
-    """Write ``(3, D0, D1, D2)`` voxels as the organizers' float32 ``(D0, D1, D2, 3)`` file, with ``descrip``.
-
-    Raises:
-        ValueError: wrong layout or non-finite values (a bug, not a user error).
-        CaioInputError: the file cannot be written (the temporary file is removed).
-    """
-    disp = np.asarray(disp)
-    if disp.ndim != 4 or disp.shape[0] != 3:
-        raise ValueError(f"displacement must be (3, D0, D1, D2), got {disp.shape}")
-    if not np.isfinite(disp).all():
-        raise ValueError("displacement contains NaN or infinite values; refusing to write it")
-    channel_last = np.moveaxis(disp.astype(np.float32, copy=False), 0, -1)  # a view: nibabel writes it slab by slab
-    return write_nifti_atomic(path, channel_last, descrip=descrip)
-
-
 def write_outputs(result: PairResult, disp: np.ndarray, out_dir: Path) -> list[Path]:
     """Write ``disp`` under every output name of ``result.pair``, each atomically, status in the header."""
     names = output_names(result.pair)
     descrip = status_text(result.status, result.path)
-    first = write_displacement_with_status(out_dir / names[0], disp, descrip)
+    first = write_displacement(out_dir / names[0], disp, descrip=descrip)
     written = [first]
     for name in names[1:]:  # same bytes: copy to a temporary name, then rename
         written.append(replace_atomically(out_dir / name, lambda tmp: shutil.copyfile(first, tmp)))
