@@ -98,4 +98,4 @@ def test_predict_starts_without_importing_scipy_ndimage():
     assert proc.returncode == 0, proc.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "caio.cli.predict" in imported  # the log lists what this interpreter imported
-    assert "scipy.ndimage" not in imported
+    assert not [name for name in imported if name.startswith("scipy.ndimage")]  # its submodules show in any case
