@@ -1,7 +1,7 @@
 # caio: LUMIR 2025 submission image. Run exactly as the organizers do:
 #   docker run --rm --ipc=host --network=none --gpus "device=0" --user $(id -u):$(id -g) \
 #     -v <json>:/app/LUMIR25_dataset.json -v <data root>:/app/input -v <out>:/app/output caio-lumir25
-# The CMD takes no arguments (see notes/container.md for the build/export/validate steps).
+# The CMD takes no arguments (see docs/container.md for the build/export/validate steps).
 #
 # BASE_IMAGE: any image with Python >= 3.10 and torch 2.x first on PATH. The default is the
 # official PyTorch CUDA runtime image; CI builds with a local CPU stand-in (BASE_IMAGE=...).

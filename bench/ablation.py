@@ -2,9 +2,9 @@
 
 Sub-commands (run from the repository root; ``../shared/data`` beside the checkout)::
 
-    nice -n 10 python bench/ablation.py prepare --out bench/out/ablation --ixi-pairs 10 --pretrain-subjects 30
-    nice -n 10 python bench/ablation.py run --out bench/out/ablation --configs noio io3 single additive
-    nice -n 10 python bench/ablation.py table --out bench/out/ablation
+    nice -n 10 python -m bench.ablation prepare --out bench/out/ablation --ixi-pairs 10 --pretrain-subjects 30
+    nice -n 10 python -m bench.ablation run --out bench/out/ablation --configs noio io3 single additive
+    nice -n 10 python -m bench.ablation table --out bench/out/ablation
 
 Data (``shared/specs/data_and_peers.md``):
 
@@ -42,14 +42,24 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from bench.common import (
+    ASEG28,
+    DATA,
+    IXI,
+    VXM_AFFINE,
+    add_threads_argument,
+    common_labels,
+    destrieux_to_aseg,
+    evaluator_scores,
+    ixi_subjects,
+    markdown_header,
+    markdown_row,
+)
 from caio import spatial
-from caio.metrics.evaluate import evaluate_pair
-from caio.refine.cascade import CascadeConfig, normalize_image, refine
-from caio.refine.losses import lncc_loss
+from caio.refine.cascade import normalize_image, refine
+from caio.refine.settings import CascadeConfig
+from caio.similarity.lncc import lncc_loss
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-VXM_AFFINE = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], float)
-ASEG28 = [2, 3, 4, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 28, 41, 42, 43, 46, 47, 49, 50, 51, 52, 53, 54, 60]
 CONFIGS = {
     "noio": None,
     "io3": {},
@@ -140,9 +150,7 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str])
         scan = np.load(DATA / "voxelmorph_test_scan" / "test_scan.npz")
         src = DATA / "niivue_freesurfer_subject"
         seg, seg_affine = _load(src / "aparc.a2009s+aseg.mgz")
-        seg = seg.astype(np.int32)
-        seg[(seg >= 11100) & (seg < 11200)] = 3
-        seg[(seg >= 12100) & (seg < 12200)] = 42
+        seg = destrieux_to_aseg(seg)
         norm, norm_affine = _load(src / "norm.mgz")
         fixed = (scan["vol"] * 255.0).astype(np.float32)
         image, mseg = align_case(fixed, VXM_AFFINE, norm * (255.0 / norm.max()), norm_affine, seg)
@@ -156,23 +164,22 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str])
             mask="fixed",
         )
         print("prepared real1mm", flush=True)
-    root = DATA / "nichart_ixi_dlmuse_2mm"
-    subjects = sorted(p.name[: -len("_T1.nii.gz")] for p in (root / "T1").glob("*_T1.nii.gz"))
+    subjects = ixi_subjects()
     for k in range(ixi_pairs if "ixi" in parts else 0):
         name = f"ixi_{k:02d}"
         if (cases / f"{name}.npz").exists():
             continue
-        fixed, fa = _load(root / "T1" / f"{subjects[2 * k]}_T1.nii.gz")
-        moving, ma = _load(root / "T1" / f"{subjects[2 * k + 1]}_T1.nii.gz")
+        fixed, fa = _load(IXI / "T1" / f"{subjects[2 * k]}_T1.nii.gz")
+        moving, ma = _load(IXI / "T1" / f"{subjects[2 * k + 1]}_T1.nii.gz")
         fixed, moving = _to_255(fixed), _to_255(moving)
-        fseg = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k]}_T1_DLMUSE.nii.gz")).dataobj).astype(
+        fseg = np.asarray(nib.load(str(IXI / "DLMUSE" / f"{subjects[2 * k]}_T1_DLMUSE.nii.gz")).dataobj).astype(
             np.int32
         )
-        mseg0 = np.asarray(nib.load(str(root / "DLMUSE" / f"{subjects[2 * k + 1]}_T1_DLMUSE.nii.gz")).dataobj).astype(
+        mseg0 = np.asarray(nib.load(str(IXI / "DLMUSE" / f"{subjects[2 * k + 1]}_T1_DLMUSE.nii.gz")).dataobj).astype(
             np.int32
         )
         image, mseg = align_case(fixed, fa, moving, ma, mseg0)
-        labels = sorted(set(np.unique(fseg).tolist()) & set(np.unique(mseg0).tolist()) - {0})
+        labels = common_labels(fseg, mseg0)
         np.savez_compressed(
             cases / f"{name}.npz",
             fixed=fixed,
@@ -188,13 +195,13 @@ def prepare(out: Path, ixi_pairs: int, pretrain_subjects: int, parts: list[str])
     pre = out / "pretrain_volumes"
     pre.mkdir(exist_ok=True)
     first = 2 * ixi_pairs
-    ref, ref_affine = _load(root / "T1" / f"{subjects[first]}_T1.nii.gz")
+    ref, ref_affine = _load(IXI / "T1" / f"{subjects[first]}_T1.nii.gz")
     ref = _to_255(ref)
     for subject in subjects[first : first + pretrain_subjects]:
         path = pre / f"{subject}.nii.gz"
         if path.exists():
             continue
-        moving, ma = _load(root / "T1" / f"{subject}_T1.nii.gz")
+        moving, ma = _load(IXI / "T1" / f"{subject}_T1.nii.gz")
         moving = _to_255(moving)
         image, _ = (
             (ref, None)
@@ -242,10 +249,9 @@ def run_case(case: Path, config: str, work_factor: int, init: str, weights: str 
         row.update(loss_first=report.losses[0], loss_best=min(report.losses), best_step=report.best_step)
     full = spatial.resize_displacement(disp, shape)[0].double().numpy()
     mask_image = fixed if str(data["mask"]) == "fixed" else (data["fixed_seg"] > 0).astype(np.float32)
-    metrics = evaluate_pair(
-        data["fixed_seg"], data["moving_seg"], full, fixed_image=mask_image, labels=[int(x) for x in data["labels"]]
-    )
-    row.update(dice=metrics.dice, hd95=metrics.hd95, ndv=metrics.ndv, steps=steps, seconds=seconds)
+    labels = [int(x) for x in data["labels"]]
+    row.update(**evaluator_scores(data["fixed_seg"], data["moving_seg"], full, mask_image, labels))
+    row.update(steps=steps, seconds=seconds)
     return row
 
 
@@ -281,11 +287,8 @@ def table(out: Path) -> str:
     """Mean per (set, config, init) and, paired on the same cases, the Dice difference to ``io3``."""
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     by_key = {(r["case"], r["config"], r["init"]): r for r in rows}
-    lines = [
-        "| set | config | init | pairs | Dice | HD95 (vox) | NDV % | IO steps | IO time (s) "
-        "| Dice - io3 (same pairs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    columns = ["set", "config", "init", "pairs", "Dice", "HD95 (vox)", "NDV %", "IO steps", "IO time (s)"]
+    lines = markdown_header([*columns, "Dice - io3 (same pairs)"])
     keys = sorted(
         {(r["case"].split("_")[0], r["config"], r["init"]) for r in rows},
         key=lambda k: (k[0], list(CONFIGS).index(k[1]), k[2]),
@@ -297,10 +300,8 @@ def table(out: Path) -> str:
             r["dice"] - by_key[(r["case"], "io3", init)]["dice"] for r in sel if (r["case"], "io3", init) in by_key
         ]
         delta = f"{np.mean(paired):+.4f} (n={len(paired)})" if paired and config != "io3" else ""
-        lines.append(
-            f"| {set_name} | {config} | {init} | {len(sel)} | {mean('dice'):.4f} | {mean('hd95'):.2f} | "
-            f"{mean('ndv'):.3f} | {mean('steps'):.0f} | {mean('seconds'):.1f} | {delta} |"
-        )
+        cells = [set_name, config, init, len(sel), f"{mean('dice'):.4f}", f"{mean('hd95'):.2f}", f"{mean('ndv'):.3f}"]
+        lines.append(markdown_row([*cells, f"{mean('steps'):.0f}", f"{mean('seconds'):.1f}", delta]))
     return "\n".join(lines)
 
 
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", choices=("tf", "zero"), default="tf")
     parser.add_argument("--weights", default=None, help="pretrained cascade weights (config 'pretrained')")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_threads_argument(parser, default=1)
     args = parser.parse_args(argv)
     if args.command == "prepare":
         torch.set_num_threads(args.threads)

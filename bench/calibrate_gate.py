@@ -2,7 +2,7 @@
 
 One command (about 5-10 min on 2 shared cores):
 
-    nice -n 10 python bench/calibrate_gate.py [--shared ../shared] [--out notes/gate_calibration.md]
+    nice -n 10 python -m bench.calibrate_gate [--shared ../shared] [--out docs/gate_calibration.md]
 
 Every volume is brought roughly onto the LUMIR grid (RAS array order, 1 mm, 160x224x192,
 skull-stripped, [0, 255]): reoriented with nibabel, resampled to 1 mm (scipy zoom), masked
@@ -33,15 +33,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from caio.contrast.gate import GateConfig, gate_score  # noqa: E402
-from caio.io import LUMIR_SHAPE  # noqa: E402
-from caio.synth import generator as synth  # noqa: E402
+from bench.common import REPO, VXM_AFFINE
+from caio.contrast.gate import GateConfig, gate_score
+from caio.io import LUMIR_SHAPE
+from caio.synth import generator as synth
 
 log = logging.getLogger("calibrate_gate")
-VXM_AFFINE = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], dtype=float)
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,7 +188,7 @@ def evaluate(vols, pairs, cfg: GateConfig) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    parser.add_argument("--out", type=Path, default=REPO / "notes" / "gate_calibration.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "gate_calibration.md")
     parser.add_argument("--n-ixi", type=int, default=24)
     parser.add_argument("--n-synth", type=int, default=5)
     parser.add_argument("--seed", type=int, default=2025)
@@ -261,7 +258,7 @@ def write_report(out: Path, pairs, sweep, chosen, default: GateConfig, seconds: 
     lines = [
         "# Contrast gate calibration (`bench/calibrate_gate.py`)",
         "",
-        f"Command: `nice -n 10 python bench/calibrate_gate.py` ({seconds:.0f} s, 1 thread). "
+        f"Command: `nice -n 10 python -m bench.calibrate_gate` ({seconds:.0f} s, 1 thread). "
         f"{len(pairs)} pairs: {int((~labels).sum())} same-contrast, {int(labels.sum())} cross-contrast.",
         "",
         f"**Defaults (`caio.contrast.gate.GateConfig`)**: factor {default.factor}, sigma_vox {default.sigma_vox}, "

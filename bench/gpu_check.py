@@ -1,4 +1,4 @@
-"""One-command GPU measurement (issue 15.4): every figure the README needs, in one JSON.
+"""One-command GPU measurement (issue 15.4): every figure the GPU section of docs/measurements.md needs, in one JSON.
 
 ``bench/gpu_check.sh`` runs this (full: CUDA, 160x224x192, about 3-5 minutes on one GPU);
 ``--smoke`` runs the same sections on the CPU at tiny sizes in well under a minute, so a slow test
@@ -11,7 +11,7 @@ float32/float16/bfloat16 and Brain-ID at its default tiling and untiled (random 
 its error and the others still run.
 
     bash bench/gpu_check.sh --dataset DIR/LUMIR_like_dataset.json   # -> bench/out/gpu_check_<stamp>.json
-    python bench/gpu_check.py --smoke --out /tmp/smoke.json
+    python -m bench.gpu_check --smoke --out /tmp/smoke.json
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_DATA = REPO / "test_data"
+from bench.common import OUT, TEST_DATA, predict_command, read_labels, stamped, write_dataset
+
 FULL_SHAPE = (160, 224, 192)
 SMOKE_SHAPE = (32, 48, 40)
 SMOKE_NET_SHAPE = (16, 16, 16)
 """VFA and Brain-ID on the CPU: 16^3 (their smallest input) takes seconds; 32x48x40 takes minutes."""
 SECTIONS = ("environment", "engine", "predict", "cascade", "vfa", "brainid")
-"""In order of what the README needs most (a timeout keeps the first ones)."""
+"""In order of what docs/measurements.md ("GPU") needs most (a timeout keeps the first ones)."""
 
 
 def _sync(device: torch.device) -> None:
@@ -163,7 +163,8 @@ def engine(device: torch.device, shape, **_) -> dict:
 
 
 def cascade(device: torch.device, shape, smoke: bool, **_) -> dict:
-    from caio.refine.cascade import CascadeConfig, refine
+    from caio.refine.cascade import refine
+    from caio.refine.settings import CascadeConfig
 
     fixed, moving = (t.to(device) for t in _pairs(shape)[0])
     cfg = CascadeConfig(steps=1 if smoke else 50)  # the default stages are the GPU stages
@@ -190,8 +191,7 @@ def _tiny_dataset(folder: Path, shape) -> Path:
     for name, image in (("LUMIRMRI_3454_0000.nii.gz", fixed), ("LUMIRMRI_3455_0000.nii.gz", moving)):
         nib.save(nib.Nifti1Image(image[0, 0].numpy().astype(np.float32), np.eye(4)), str(images / name))
     entry = {"fixed": "./imagesVal/LUMIRMRI_3454_0000.nii.gz", "moving": "./imagesVal/LUMIRMRI_3455_0000.nii.gz"}
-    (folder / "LUMIR25_dataset.json").write_text(json.dumps({"name": "LUMIR", "validation": [entry]}))
-    return folder / "LUMIR25_dataset.json"
+    return write_dataset(folder / "LUMIR25_dataset.json", [entry])
 
 
 def _score(json_path: Path, disp_dir: Path, shape) -> dict:
@@ -199,17 +199,15 @@ def _score(json_path: Path, disp_dir: Path, shape) -> dict:
     ``shape`` ``None``: the LUMIR grid)."""
     from caio.metrics.evaluate import evaluate_folder
 
-    labels_file = json_path.parent / "labels.json"
-    labels = [k for k in json.loads(labels_file.read_text())["labels"] if k != 0] if labels_file.is_file() else None
+    labels = read_labels(json_path.parent) if (json_path.parent / "labels.json").is_file() else None
     rows, _ = evaluate_folder(json_path, json_path.parent, disp_dir, labels=labels, expected_shape=shape)
     keys = ("pair", "status", "dice", "hd95", "ndv")
     return {row["pair"]: {k: row.get(k) for k in keys} for row in rows}
 
 
 def _predict_once(json_path: Path, out: Path, device: torch.device, refine: str, smoke: bool) -> dict:
-    cmd = [sys.executable, str(REPO / "predict.py"), "--json", str(json_path), "--input", str(json_path.parent)]
-    cmd += ["-o", str(out), "--report", str(out / "report.json"), "--device", str(device), "--no-progress"]
-    cmd += ["--refine", refine] + (["--shape", "any", "--budget-s", "5"] if smoke else [])
+    extra = ["--device", str(device), "--refine", refine, *(["--shape", "any", "--budget-s", "5"] if smoke else [])]
+    cmd = predict_command(json_path, json_path.parent, out, out / "report.json", *extra)
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
     wall = time.monotonic() - start
@@ -271,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(2)
     shape = SMOKE_SHAPE if args.smoke else FULL_SHAPE
-    out = args.out or REPO / "bench" / "out" / f"gpu_check_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.out or stamped(OUT, "gpu_check").with_suffix(".json")
     result: dict = {"smoke": args.smoke, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     total = time.monotonic()
     for name in args.sections:

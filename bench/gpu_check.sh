@@ -9,4 +9,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 args=("$@")
 if [[ -n "${CAIO_GPU_CHECK_OUT:-}" ]]; then args+=(--out "$CAIO_GPU_CHECK_OUT"); fi
-exec timeout --signal=TERM --kill-after=10 480 "${PYTHON:-python}" bench/gpu_check.py "${args[@]}"
+exec timeout --signal=TERM --kill-after=10 480 "${PYTHON:-python}" -m bench.gpu_check "${args[@]}"

@@ -2,7 +2,7 @@
 
 Run in the peer environment (``bench/setup_peers.sh``; needs antspyx), from the repository root::
 
-    nice -n 10 bench/.venv/bin/python bench/make_lumir_like.py --n-same 8 --n-cross 6 --out bench/out/lumir_like
+    nice -n 10 bench/.venv/bin/python -m bench.make_lumir_like --n-same 8 --n-cross 6 --out bench/out/lumir_like
 
 Per chosen subject (``../shared/data/nichart_ixi_dlmuse_2mm``):
 
@@ -28,9 +28,9 @@ the JSON files are rewritten each run.
 
 Held-out sets (never used to choose a setting; checks of the choices made on the default set)::
 
-    bench/.venv/bin/python bench/make_lumir_like.py --n-same 3 --n-cross 2 --skip-subjects 28 --id-base 7000 \
+    bench/.venv/bin/python -m bench.make_lumir_like --n-same 3 --n-cross 2 --skip-subjects 28 --id-base 7000 \
         --out bench/out/lumir_heldout         # the 11 complete subjects the default set leaves
-    bench/.venv/bin/python bench/make_lumir_like.py --n-same 2 --n-cross 8 --reserved --id-base 1000 \
+    bench/.venv/bin/python -m bench.make_lumir_like --n-same 2 --n-cross 8 --reserved --id-base 1000 \
         --out bench/out/lumir_heldout2        # the first 20 subjects (only the full-head ``ixi`` set uses them)
 """
 
@@ -46,9 +46,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
-IXI = DATA / "nichart_ixi_dlmuse_2mm"
+from bench.common import DATA, IXI, LUMIR_LIKE, ixi_subjects, mean_dice
+
 MNI_T1 = DATA / "mni_icbm152_2009a_nilearn" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 SHAPE = (160, 224, 192)
 N_RESERVED = 20
@@ -176,8 +175,8 @@ def choose_pairs(
     """Pairs of distinct subjects; the first ``skip`` complete subjects of the seeded order are left out (the
     held-out set skips the 28 of the default set); ids from ``id_base`` (T1 pairs), ``id_base + 1000`` (fixed of
     cross pairs), ``id_base + 1100`` (their moving images). ``reserved``: choose among the first
-    ``N_RESERVED`` subjects instead (the ``ixi`` set of ``bench_registration.py``; never used for tuning)."""
-    subjects = sorted(p.name[: -len("_T1.nii.gz")] for p in (IXI / "T1").glob("*_T1.nii.gz"))
+    ``N_RESERVED`` subjects instead (the ``ixi`` set of ``bench.registration``; never used for tuning)."""
+    subjects = ixi_subjects()
     pool = subjects[:N_RESERVED] if reserved else subjects[N_RESERVED:]
     need = skip + 2 * (n_same + n_cross)
     order = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))]
@@ -303,7 +302,7 @@ def build(
         json.dumps(
             {
                 "description": "DLMUSE ROI ids present in every subject of the set (includes 0 like the LUMIR lists; "
-                "bench_registration.py scores the non-zero ones); names in muse_dict.csv",
+                "bench.registration scores the non-zero ones); names in muse_dict.csv",
                 "labels": common,
                 "zero_field_dice": {
                     f"{p['fixed'][1]:04d}<-{p['moving'][1]:04d}": round(d, 4) for p, d in zip(pairs, zero)
@@ -339,7 +338,7 @@ def build(
 def zero_field_dice(out: Path, pair: dict, labels: list[int]) -> float:
     f = np.asarray(nib.load(str(out / "labelsTr" / lumir_file(pair["fixed"][1], "0000"))).dataobj)
     m = np.asarray(nib.load(str(out / "labelsTr" / lumir_file(*pair["moving"][1:]))).dataobj)
-    return float(np.mean([2.0 * np.sum((f == k) & (m == k)) / max(np.sum(f == k) + np.sum(m == k), 1) for k in labels]))
+    return mean_dice(f, m, labels)
 
 
 def readme(pairs: list[dict], n_labels: int, zero: list[float], seed: int) -> str:
@@ -350,7 +349,7 @@ def readme(pairs: list[dict], n_labels: int, zero: list[float], seed: int) -> st
     )
     return f"""# LUMIR-like benchmark set (generated; not for redistribution outside the project)
 
-Made by `bench/make_lumir_like.py --seed {seed}` (see its docstring for every step). 160x224x192, 1 mm, RAS array
+Made by `python -m bench.make_lumir_like --seed {seed}` (see its docstring for every step). 160x224x192, 1 mm, RAS array
 order, identity affine, uint8 in [0, 255], skull-stripped (background exactly 0), affinely aligned (ANTs) to the
 MNI ICBM152 2009a brain template. `imagesTr/LUMIRMRI_SSSS_0000` = real T1, `_0001` = T2-like, `_0002` = FLAIR-like
 (synthetic, drawn from the subject's DLMUSE labels by `caio.synth.contrast_models.synthesize_image`);
@@ -379,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-same", type=int, default=8, help="T1 <- T1 pairs (default 8)")
     p.add_argument("--n-cross", type=int, default=6, help="T1 <- T2-/FLAIR-like pairs (default 6, alternating)")
     p.add_argument("--seed", type=int, default=2025)
-    p.add_argument("--out", type=Path, default=HERE / "out" / "lumir_like")
+    p.add_argument("--out", type=Path, default=LUMIR_LIKE)
     p.add_argument(
         "--skip-subjects",
         type=int,

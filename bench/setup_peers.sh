@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create bench/.venv (git-ignored) with the CPU registration peers used by bench_registration.py.
+# Create bench/.venv (git-ignored) with the CPU registration peers used by `python -m bench.registration`.
 #
 # Follows shared/specs/data_and_peers.md B1: torch 2.13.0 (CPU wheel) is installed first and pinned
 # with a constraints file so that no peer can pull a CUDA torch. caio itself is installed editable.

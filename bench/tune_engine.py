@@ -1,16 +1,16 @@
 """Engine tuning runs on the LUMIR-like set: ``caio.engine.register`` alone with one configuration.
 
-Usage (repository root, after ``bench/make_lumir_like.py``)::
+Usage (repository root, after ``python -m bench.make_lumir_like``)::
 
-    python bench/tune_engine.py "level=LevelSettings(sigma_update=1.0, sigma_field=0.5)" 0,1
-    python bench/tune_engine.py "" 8,9 mind          # similarity forced (default: lncc; cross pairs: the gate's)
-    python bench/tune_engine.py "" synth:10 mind     # the first 10 synthetic cross-contrast pairs instead
+    python -m bench.tune_engine "level=LevelSettings(sigma_update=1.0, sigma_field=0.5)" 0,1
+    python -m bench.tune_engine "" 8,9 mind          # similarity forced (default: lncc; cross pairs: the gate's)
+    python -m bench.tune_engine "" synth:10 mind     # the first 10 synthetic cross-contrast pairs instead
 
-``CAIO_TUNE_ROOT=<folder>`` reads another set made by ``bench/make_lumir_like.py`` (e.g. the held-out set,
+``CAIO_TUNE_ROOT=<folder>`` reads another set made by ``python -m bench.make_lumir_like`` (e.g. the held-out set,
 ``bench/out/lumir_heldout``; check on it, do not tune on it).
 
-``synth:N`` takes the pairs ``bench/out/cache/synth_*`` that ``bench_registration.py --sets synth --synth-pairs N``
-made (T1-like <- T2-/FLAIR-like, 96x112x96; Dice over the fixed label map's labels).
+``synth:N`` takes the pairs ``bench/out/cache/synth_*`` that ``python -m bench.registration --sets synth
+--synth-pairs N`` made (T1-like <- T2-/FLAIR-like, 96x112x96; Dice over the fixed label map's labels).
 
 The first argument is the keyword arguments of :class:`caio.engine.EngineConfig` as Python text, the second
 the pair indices of ``LUMIR_like_dataset.json``'s "validation" list. Prints per pair: zero-field Dice, Dice
@@ -21,6 +21,7 @@ A quick development tool (its Dice is a plain mean of per-label Dice, not the ev
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -31,28 +32,21 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from bench.common import LUMIR_LIKE, mean_dice, read_labels
 from caio import spatial
 from caio.engine import EngineConfig, LevelSettings, register, warm_up
-from caio.engine.api import CROSS_CONTRAST_SIMILARITY
+from caio.engine.multiresolution import CROSS_CONTRAST_SIMILARITY
 
-ROOT = Path(os.environ.get("CAIO_TUNE_ROOT", Path(__file__).resolve().parent / "out" / "lumir_like"))
-
-
-def dice(fixed: np.ndarray, warped: np.ndarray, labels: list[int]) -> float:
-    scores = []
-    for label in labels:
-        a, b = fixed == label, warped == label
-        total = a.sum() + b.sum()
-        if total:
-            scores.append(2 * (a & b).sum() / total)
-    return float(np.mean(scores))
+ROOT = Path(os.environ.get("CAIO_TUNE_ROOT", LUMIR_LIKE))
 
 
 def synth_cases(n: int) -> list[tuple]:
     """``(index, cross, fixed, moving, fixed labels, moving labels)`` of the first ``n`` synthetic pairs."""
     folders = sorted((ROOT.parent / "cache").glob("synth_*"))[:n]
     if len(folders) < n:
-        raise SystemExit(f"only {len(folders)} synthetic pairs in bench/out/cache: run bench_registration.py first")
+        raise SystemExit(
+            f"only {len(folders)} synthetic pairs in bench/out/cache: run python -m bench.registration first"
+        )
     names = ("fixed", "moving", "fixed_seg", "moving_seg")
     return [(i, True, *(folder / f"{name}.nii.gz" for name in names)) for i, folder in enumerate(folders)]
 
@@ -63,14 +57,23 @@ def config_from_text(text: str) -> EngineConfig:
     return eval(f"EngineConfig({text})", {"EngineConfig": EngineConfig, "LevelSettings": LevelSettings})
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", nargs="?", default="", help='EngineConfig keyword arguments as Python text ("": defaults)')
+    p.add_argument("pairs", nargs="?", help="pair indices, comma-separated (default: all), or synth:N")
+    p.add_argument("similarity", nargs="?", help="forced similarity (default: lncc; cross pairs: the gate's)")
+    return p.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(2)
-    config = config_from_text(argv[0] if argv else "")
-    cases = synth_cases(int(argv[1].split(":")[1])) if len(argv) > 1 and argv[1].startswith("synth:") else []
-    labels = None if cases else [v for v in json.loads((ROOT / "labels.json").read_text())["labels"] if v != 0]
+    config = config_from_text(args.config)
+    cases = synth_cases(int(args.pairs.split(":")[1])) if args.pairs and args.pairs.startswith("synth:") else []
+    labels = None if cases else read_labels(ROOT)
     if not cases:
         pairs = json.loads((ROOT / "LUMIR_like_dataset.json").read_text())["validation"]
-        chosen = [int(i) for i in argv[1].split(",")] if len(argv) > 1 else range(len(pairs))
+        chosen = [int(i) for i in args.pairs.split(",")] if args.pairs else range(len(pairs))
         for index in chosen:
             fixed_path, moving_path = ROOT / pairs[index]["fixed"][2:], ROOT / pairs[index]["moving"][2:]
             label_paths = [Path(str(p).replace("images", "labels")) for p in (fixed_path, moving_path)]
@@ -78,7 +81,7 @@ def main(argv: list[str]) -> int:
     warm_up()
     rows = []
     for index, cross, fixed_path, moving_path, fixed_label_path, moving_label_path in cases:
-        similarity = argv[2] if len(argv) > 2 else (CROSS_CONTRAST_SIMILARITY if cross else "lncc")
+        similarity = args.similarity or (CROSS_CONTRAST_SIMILARITY if cross else "lncc")
 
         def load(path: Path) -> np.ndarray:
             return np.asarray(nib.load(path).dataobj)
@@ -94,8 +97,8 @@ def main(argv: list[str]) -> int:
         warped = spatial.warp(moving_labels, disp, mode="nearest")[0, 0].numpy().astype(np.int32)
         det = spatial.jacobian_determinant(disp).reshape(fixed_labels.shape)
         folding = float((det[torch.from_numpy(fixed_labels > 0)] <= 0).float().mean() * 100)
-        zero = dice(fixed_labels, moving_labels[0, 0].numpy().astype(np.int32), pair_labels)
-        score = dice(fixed_labels, warped, pair_labels)
+        zero = mean_dice(fixed_labels, moving_labels[0, 0].numpy().astype(np.int32), pair_labels)
+        score = mean_dice(fixed_labels, warped, pair_labels)
         rows.append((cross, zero, score, seconds, folding))
         print(
             f"pair {index} {'cross' if cross else 'same '} {similarity} zero {zero:.4f} dice {score:.4f} "

@@ -67,5 +67,6 @@ def set_cpu_threads(threads: int) -> None:
     """Use ``threads`` CPU threads in PyTorch and in the engine's Numba kernels alike."""
     import numba  # a hard dependency; imported here so that this module stays light
 
-    torch.set_num_threads(threads)
+    # numba first: with its OpenMP threading layer, setting numba's count can change the OpenMP count torch reads
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)

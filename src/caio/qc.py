@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,38 @@ def write_qc(
     folds = (jac <= 0) & brain
     fold_pct = 100.0 * folds.sum() / max(int(brain.sum()), 1)
 
-    widths = [shape[min(a for a in range(3) if a != axis)] for _, axis in PLANES]  # horizontal axis per view
+    views = _Views(fixed_np, moving_np, warped, labels_np, brain, centre, name)
+    paths = [_save_atomic(_images_figure(views), out_dir / f"{name}_images.png")]
+    fig = _deformation_figure(views, disp_np, jac, folds, fold_pct, grid_spacing)
+    paths.append(_save_atomic(fig, out_dir / f"{name}_deformation.png"))
+    log.info("QC pictures: %s", ", ".join(map(str, paths)))
+    return paths
+
+
+@dataclass(frozen=True)
+class _Views:
+    """What both QC figures show: the volumes ``(D0, D1, D2)``, the fixed brain mask, the centre slices, the name."""
+
+    fixed: np.ndarray
+    moving: np.ndarray
+    warped: np.ndarray
+    labels: np.ndarray | None
+    brain: np.ndarray
+    centre: tuple[int, int, int]
+    name: str
+
+    @property
+    def widths(self) -> list[int]:
+        """Width of each view's panel: its horizontal axis's length."""
+        return [self.fixed.shape[min(a for a in range(3) if a != axis)] for _, axis in PLANES]
+
+
+def _images_figure(views: _Views):
+    """Rows fixed, moving, warped, checkerboard fixed | warped, and fixed edges (or label boundaries) on warped;
+    one column per plane through the brain's centre."""
+    fixed_np, moving_np, warped, labels_np = views.fixed, views.moving, views.warped, views.labels
+    shape, centre, name = fixed_np.shape, views.centre, views.name
+    widths = views.widths
     height = max(shape)
     f_rng, m_rng = _display_range(fixed_np), _display_range(moving_np)
     w_rng = _display_range(warped)
@@ -213,8 +245,14 @@ def write_qc(
         overlay = np.dstack([np.clip(w2 / w_rng[1], 0, 1)] * 3)
         overlay[edges] = (1.0, 0.25, 0.1)
         _show(ax, overlay, axis, "fixed " + ("label boundaries" if labels_np is not None else "edges") + " on warped")
-    paths = [_save_atomic(fig, out_dir / f"{name}_images.png")]
+    return fig
 
+
+def _deformation_figure(views: _Views, disp_np, jac, folds, fold_pct: float, grid_spacing: int):
+    """The deformed grid over the fixed image at the centre slices, and log J in the brain at the worst fold."""
+    fixed_np, brain, centre, name = views.fixed, views.brain, views.centre, views.name
+    shape, widths, height = fixed_np.shape, views.widths, max(fixed_np.shape)
+    f_rng = _display_range(fixed_np)
     worst = np.unravel_index(int(np.argmin(np.where(brain, jac, np.inf))), shape) if folds.any() else centre
     fig, grid = _new_figure(
         2,
@@ -265,6 +303,4 @@ def write_qc(
         fy, fx = np.nonzero(_slice(folds, axis, jdx))
         if fx.size:
             ax.scatter(fx, fy, s=4, c="lime", marker="x", linewidths=0.6)
-    paths.append(_save_atomic(fig, out_dir / f"{name}_deformation.png"))
-    log.info("QC pictures: %s", ", ".join(map(str, paths)))
-    return paths
+    return fig

@@ -1,6 +1,7 @@
 """How the small files in tests/data were derived from ../shared/data (run once; see README.md here).
 
-python tests/data/derive.py ../shared/data
+python tests/data/derive.py ../shared/data            # every file
+python tests/data/derive.py ../shared/data oasis_t1   # only the OASIS T1 subjects of tests/helpers/pipeline_data.py
 """
 
 from __future__ import annotations
@@ -16,9 +17,65 @@ from scipy import ndimage
 from caio import spatial
 
 OUT = Path(__file__).resolve().parent
+REPO = OUT.parents[1]
+LUMIR_SHAPE = (160, 224, 192)
+BLOCK = 4
+"""tests/helpers/pipeline_data.py block-averages the 1 mm LUMIR grid by this factor (40x56x48)."""
 
 
-def main(data: Path) -> None:
+def brain_moments(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis mean and standard deviation (voxels) of the coordinates of a mask's voxels."""
+    coords = np.argwhere(mask).astype(np.float64)
+    return coords.mean(axis=0), coords.std(axis=0)
+
+
+def to_lumir_grid(image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
+    """A RAS 1 mm brain image put onto the reference's LUMIR grid by a per-axis scale and shift that match the
+    mean and spread of the two brain masks (no rotation: both are already roughly aligned); trilinear, 0 outside."""
+    mean_src, std_src = brain_moments(image > 0)
+    mean_ref, std_ref = brain_moments(reference_mask)
+    scale = std_src / std_ref  # source voxels per reference voxel, per axis
+    grid = np.indices(reference_mask.shape, dtype=np.float64).reshape(3, -1)
+    coords = (grid - mean_ref[:, None]) * scale[:, None] + mean_src[:, None]
+    out = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+    return out.reshape(reference_mask.shape).astype(np.float32)
+
+
+def lumir_intensities(image: np.ndarray, percentile: float = 99.9) -> np.ndarray:
+    """As scripts/make_test_data.py: the brain's ``percentile`` maps to 255 (clipped), rounded, brain voxels >= 1,
+    background exactly 0 (a uint8 LUMIR image, kept as float32)."""
+    mask = image > 0
+    top = float(np.percentile(image[mask], percentile))
+    out = np.clip(np.round(image * (255.0 / top)), 1, 255)
+    return np.where(mask, out, 0.0).astype(np.float32)
+
+
+def block_average(image: np.ndarray, factor: int = BLOCK) -> np.ndarray:
+    """Mean over ``factor``^3 blocks, as ``tests/pipeline_data.small_volume`` does for ``test_data`` images."""
+    d0, d1, d2 = (n // factor for n in image.shape)
+    blocks = image[: d0 * factor, : d1 * factor, : d2 * factor].reshape(d0, factor, d1, factor, d2, factor)
+    return blocks.mean(axis=(1, 3, 5)).astype(np.float32)
+
+
+def oasis_t1(data: Path) -> None:
+    """Two more real T1 subjects for the same-contrast pipeline tests: LapIRN's OASIS images A and B (RAS 1 mm,
+    skull-stripped, [0, 1]) on the LUMIR grid of ``test_data`` subject A (LUMIRMRI_3455_0000), LUMIR intensities,
+    block-averaged by 4 to 40x56x48 (what ``tests/pipeline_data.small_volume`` gives for ``test_data`` images)."""
+    ref = nib.load(str(REPO / "test_data/imagesVal/LUMIRMRI_3455_0000.nii.gz"))
+    reference_mask = np.asarray(ref.dataobj) > 0
+    assert reference_mask.shape == LUMIR_SHAPE, reference_mask.shape
+    small = {}
+    for key, name in (("a", "image_A_160x192x144.nii.gz"), ("b", "image_B_160x192x144.nii.gz")):
+        image = np.asarray(nib.load(str(data / "lapirn_oasis_pair" / name)).dataobj, dtype=np.float64)
+        small[key] = block_average(lumir_intensities(to_lumir_grid(image, reference_mask)))
+    np.savez_compressed(OUT / "oasis_t1_40x56x48.npz", **small)
+
+
+def main(data: Path, only: str | None = None) -> None:
+    oasis_t1(data)
+    if only == "oasis_t1":
+        return
+
     # LapIRN OASIS pair, [0, 1] -> [0, 255], resampled (anti-aliased) to 32x40x28
     pair = []
     for name in ("image_A_160x192x144.nii.gz", "image_B_160x192x144.nii.gz"):
@@ -45,4 +102,4 @@ def main(data: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

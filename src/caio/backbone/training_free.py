@@ -2,7 +2,7 @@
 
 No weights are needed; it runs on CPU and GPU and works within and across contrasts because
 its only similarity is the sum of squared differences of MIND-SSC descriptors
-(:mod:`caio.contrast.mind`). The method follows the ConvexAdam idea (Siebert, Hansen & Heinrich
+(:mod:`caio.similarity.mind`). The method follows the ConvexAdam idea (Siebert, Hansen & Heinrich
 2021) and is implemented from that description:
 
 1. **Features.** MIND-SSC of both images at full resolution; for the search they are
@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from caio import spatial
-from caio.contrast.mind import box_mean, mind_ssc
-from caio.optim import Adam
+from caio.refine.adam import Adam
 from caio.refine.losses import diffusion
+from caio.similarity.mind import mind_ssc
+from caio.similarity.windows import box_mean
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def register_training_free(
 
     Args:
         fixed, moving: ``[1, 1, D0, D1, D2]`` float32 images on the same grid, intensities in
-            [0, 255] as read from disk (normalised internally by :func:`caio.contrast.mind.mind_ssc`).
+            [0, 255] as read from disk (normalised internally by :func:`caio.similarity.mind.mind_ssc`).
         cfg: settings (default :class:`TrainingFreeConfig`).
         device: where to compute (default: the device of ``fixed``).
         deadline: ``time.monotonic()`` value after which remaining stages are skipped and

@@ -122,6 +122,6 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise CaioInputError(
             f"{args.disp_dir}: {len(bad)} of {len(rows)} displacement files missing or invalid "
-            f"({', '.join(r['disp_file'] for r in bad)})"
+            f"({', '.join(r['disp_file'] for r in bad)}); the first: {bad[0]['error']}"
         )
     return 0

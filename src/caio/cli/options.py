@@ -4,6 +4,8 @@
 * ``--shape D0 D1 D2``: a grid (``D0xD1xD2`` in one word is still accepted, deprecated).
 * ``--device``: ``auto | cpu | cuda | cuda:N``; ``--threads``: CPU threads (torch and the engine's kernels).
 * ``--budget-s``: seconds allowed per pair.
+* ``--max-memory SIZE``: bytes a pair may need (estimated from the headers before any data are read);
+  :func:`check_register_memory` / :func:`check_warp_memory` apply it for ``register`` / ``warp``.
 * :func:`examples`: the "Examples:" epilog of a command's ``--help``.
 """
 
@@ -140,3 +142,83 @@ def budget_of(args: argparse.Namespace) -> float | None:
     if budget is not None and not float(budget) > 0:
         raise CaioInputError(f"--budget-s {budget}: must be a positive number of seconds")
     return budget
+
+
+def _size(text: str) -> int:
+    from caio.io.memory import parse_size  # caio.io imports torch: only for the commands that use it
+
+    try:
+        return parse_size(text)
+    except CaioInputError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--max-memory {text}: ")) from None
+
+
+def add_max_memory(
+    parser: argparse.ArgumentParser | Any, default: str | None = None, what: str = "a pair", env: str = ""
+) -> None:
+    """``--max-memory SIZE`` (dest ``max_memory``, bytes or ``None``); its help states the default limit now."""
+    from caio.io.memory import DEFAULT_SHARE, default_memory_limit, format_size
+
+    allowed = default_memory_limit()
+    now = "" if allowed is None else f", now {format_size(allowed)}"
+    parser.add_argument(
+        "--max-memory",
+        type=_size,
+        default=default,
+        metavar="SIZE",
+        help=f"refuse {what} whose working set, estimated from the headers before reading, exceeds SIZE "
+        f"(e.g. 8G, 512M; {f'env {env}; ' if env else ''}default: {DEFAULT_SHARE * 100:.0f}%% of the memory "
+        f"available at the start{now})",
+    )
+
+
+def max_memory_of(args: argparse.Namespace) -> int | None:
+    """``args.max_memory`` in bytes (``None``: the default limit, :func:`caio.io.memory.memory_limit`)."""
+    value = getattr(args, "max_memory", None)
+    return None if value is None else int(value)
+
+
+def _larger(*headers):
+    return max(headers, key=lambda h: h.voxels)
+
+
+def _shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def check_register_memory(
+    fixed_path: str | os.PathLike, moving_path: str | os.PathLike, max_memory: int | None
+) -> None:
+    """``caio register``: both headers checked (affines used) and the pair's working set
+    (:func:`caio.io.memory.register_pair_bytes`) compared with the limit, before a byte of data is read.
+
+    Raises:
+        CaioInputError: an unusable file or header, or more memory than allowed (one line: need, limit).
+    """
+    from caio.io import inspect_image, same_grid
+    from caio.io.memory import memory_limit, register_pair_bytes
+    from caio.io.volumes import volume_shape
+
+    fixed, moving = inspect_image(fixed_path), inspect_image(moving_path)
+    fixed_shape, moving_shape = volume_shape(fixed), volume_shape(moving)
+    same = same_grid(fixed_shape, fixed.image.affine, moving_shape, moving.image.affine)
+    need = register_pair_bytes(fixed_shape, moving_shape, same)
+    what = f"registering {_shape_text(moving_shape)} onto {_shape_text(fixed_shape)}"
+    memory_limit(max_memory).check(need, _larger(fixed, moving).path, what)
+
+
+def check_warp_memory(disp_path: str | os.PathLike, moving_path: str | os.PathLike, max_memory: int | None) -> None:
+    """``caio warp``: the displacement's and the moving image's headers checked and the working set
+    (:func:`caio.io.memory.warp_bytes`) compared with the limit, before a byte of data is read.
+
+    Raises:
+        CaioInputError: an unusable file or header, or more memory than allowed.
+    """
+    from caio.io import inspect_image
+    from caio.io.memory import memory_limit, warp_bytes
+    from caio.io.volumes import volume_shape
+
+    disp, moving = inspect_image(disp_path, "displacement"), inspect_image(moving_path)
+    grid = disp.shape[1:] if disp.shape[0] == 3 and len(disp.shape) == 4 else disp.shape[:3]
+    need = warp_bytes(grid, volume_shape(moving))
+    memory_limit(max_memory).check(need, _larger(disp, moving).path, f"warping onto {_shape_text(grid)}")

@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import caio
 from caio.cli.layout import detect_layout, parse_shard, prepare_cache_env, select_shard
-from caio.cli.options import add_device, add_output, add_shape, examples
+from caio.cli.options import add_device, add_max_memory, add_output, add_shape, examples
 from caio.errors import CaioInputError
 from caio.io import LUMIR_SHAPE, load_pairs, write_json_atomic
 from caio.io.atomic import remove_live_temporaries
@@ -51,8 +51,7 @@ def _env(name: str, default: str | None, environ: Mapping[str, str]) -> str | No
     return value or default
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
-    env = os.environ if environ is None else environ
+def _add_where(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     g = parser.add_argument_group("where")
     g.add_argument(
         "--json", type=Path, help="dataset JSON (default: /app/LUMIR25_dataset.json, else /LUMIR_dataset.json)"
@@ -81,14 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         metavar="KEY",
         help="JSON list(s) to take pairs from (default: every list of fixed/moving entries)",
     )
-    h = parser.add_argument_group("how")
-    add_device(h, default=_env("CAIO_DEVICE", "auto", env), help="auto | cpu | cuda | cuda:N (env CAIO_DEVICE)")
-    h.add_argument(
-        "--budget-s",
-        type=float,
-        default=_env("CAIO_BUDGET_S", None, env),
-        help="seconds per pair, reading and writing included (env CAIO_BUDGET_S; default 60)",
-    )
+
+
+def _add_methods(h: argparse._ArgumentGroup, env: Mapping[str, str]) -> None:
     h.add_argument(
         "--mode",
         choices=("auto", "vfa", "engine", "training-free"),
@@ -116,6 +110,18 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         help="cross-contrast handling: decided by the gate, forced on, or forced off",
     )
     h.add_argument("--no-cascade", action="store_true", help="same as --refine none")
+
+
+def _add_how(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    h = parser.add_argument_group("how")
+    add_device(h, default=_env("CAIO_DEVICE", "auto", env), help="auto | cpu | cuda | cuda:N (env CAIO_DEVICE)")
+    h.add_argument(
+        "--budget-s",
+        type=float,
+        default=_env("CAIO_BUDGET_S", None, env),
+        help="seconds per pair, reading and writing included (env CAIO_BUDGET_S; default 60)",
+    )
+    _add_methods(h, env)
     h.add_argument(
         "--steps",
         type=int,
@@ -125,6 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--resample", action="store_true", help="resample volumes of another shape onto --shape")
     add_shape(h, "expected grid, or 'any' (default: LUMIR 160 224 192)", default=LUMIR_SHAPE, allow_any=True)
+    add_max_memory(
+        h, default=_env("CAIO_MAX_MEMORY", None, env), what="a pair (skipped, the others go on)", env="CAIO_MAX_MEMORY"
+    )
+
+
+def _add_which(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     r = parser.add_argument_group("which pairs")
     r.add_argument("--resume", action="store_true", help="skip pairs whose outputs exist and are valid")
     r.add_argument(
@@ -133,6 +145,14 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         metavar="K/N",
         help="only pairs i with i mod N == K (0-based K; env CAIO_SHARD)",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """The flags of ``predict``; ``environ`` (default ``os.environ``) gives the ``CAIO_*`` defaults."""
+    env = os.environ if environ is None else environ
+    _add_where(parser, env)
+    _add_how(parser, env)
+    _add_which(parser, env)
     parser.add_argument(
         "--no-overlap",
         action="store_true",
@@ -160,7 +180,7 @@ def format_line(index: int, total: int, result) -> str:
         f"io_wait={getattr(result, 'io_wait_s', 0.0):.1f}s "
         f"peak={result.peak_mem_mb:.0f}MB device={result.device or '-'} -> {names}"
     )
-    return line + (f" | {result.message}" if result.message and result.status != "ok" else "")
+    return line + (f" | {result.message}" if result.message else "")  # an ok pair's message: what was ignored
 
 
 SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -202,15 +222,9 @@ def run(args: argparse.Namespace, *, steps: RunSteps | None = None) -> int:
         return _run(args, steps)
 
 
-def _run(args: argparse.Namespace, steps: RunSteps | None = None) -> int:
-    prepare_cache_env()  # before matplotlib is imported (by a QC picture)
-    layout = detect_layout(json=args.json, input=args.input, output=args.output)
-    pairs = load_pairs(layout.json, layout.input, keys=args.keys, check_files=False)
-    total_in_json = len(pairs)
-    shard = parse_shard(args.shard) if args.shard else None
-    if shard is not None:
-        pairs = select_shard(pairs, *shard)
-    cfg = PipelineConfig(
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The :class:`PipelineConfig` of parsed ``predict`` arguments."""
+    return PipelineConfig(
         device=args.device,
         budget_s=args.budget_s,
         weights_dir=args.weights,
@@ -222,35 +236,77 @@ def _run(args: argparse.Namespace, steps: RunSteps | None = None) -> int:
         seed=args.seed,
         resample=args.resample,
         expected_shape=args.shape,
+        max_memory=getattr(args, "max_memory", None),
     )
+
+
+class _Lines:
+    """stdout of a run: the progress bar (on a terminal only) and one line per pair, in order."""
+
+    def __init__(self, total: int, no_progress: bool) -> None:
+        self.total, self.no_progress, self.done = total, no_progress, 0
+        self.bar = None
+
+    def progress(self, items):
+        # only on a terminal: in captured logs the bar's redraws would tear every line
+        disable = self.no_progress or not sys.stderr.isatty()
+        self.bar = tqdm(items, total=self.total, file=sys.stderr, unit="pair", disable=disable)
+        return self.bar
+
+    def on_result(self, result) -> None:
+        self.done += 1
+        text = format_line(self.done, self.total, result)
+        if self.bar is not None and not self.no_progress:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text)
+        sys.stdout.flush()
+
+    @staticmethod
+    def on_models_loaded(seconds: float) -> None:
+        print(f"caio predict: models loaded in {seconds:.1f} s (once, outside every pair's clock)", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_report(args: argparse.Namespace, summary, layout, shard, cfg: PipelineConfig) -> None:
+    report = summary.to_json()
+    report.update(
+        caio_version=caio.__version__,
+        torch_version=torch.__version__,
+        layout={k: str(v) for k, v in vars(layout).items()},
+        shard=shard,
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+    )
+    write_json_atomic(args.report, report)
+
+
+def _print_unregistered(summary) -> None:
+    bad = [r for r in summary.results if r.status not in ("ok", "resumed")]
+    print(
+        f"caio predict: {len(bad)} pair(s) without a proper registration: "
+        + "; ".join(f"{r.pair.key} {r.status} ({r.message})" for r in bad),
+        file=sys.stderr,
+    )
+
+
+def _run(args: argparse.Namespace, steps: RunSteps | None = None) -> int:
+    prepare_cache_env()  # before matplotlib is imported (by a QC picture)
+    layout = detect_layout(json=args.json, input=args.input, output=args.output)
+    pairs = load_pairs(layout.json, layout.input, keys=args.keys, check_files=False)
+    total_in_json = len(pairs)
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard is not None:
+        pairs = select_shard(pairs, *shard)
+    cfg = config_from_args(args)
     print(
         f"caio predict: {len(pairs)} of {total_in_json} pairs from {layout.json} (layout {layout.source}"
         f"{f', shard {shard[0]}/{shard[1]}' if shard else ''}); data {layout.input}; output {layout.output}",
         flush=True,
     )
-    bar = None
-    counter = {"i": 0}
-
-    def progress(items):
-        nonlocal bar
-        # only on a terminal: in captured logs the bar's redraws would tear every line
-        bar = tqdm(
-            items, total=len(pairs), file=sys.stderr, unit="pair", disable=args.no_progress or not sys.stderr.isatty()
-        )
-        return bar
-
-    def on_result(result) -> None:
-        counter["i"] += 1
-        text = format_line(counter["i"], len(pairs), result)
-        if bar is not None and not args.no_progress:
-            bar.write(text, file=sys.stdout)
-        else:
-            print(text)
-        sys.stdout.flush()
-
-    def on_models_loaded(seconds: float) -> None:
-        print(f"caio predict: models loaded in {seconds:.1f} s (once, outside every pair's clock)", flush=True)
-
+    lines = _Lines(len(pairs), args.no_progress)
     with logging_redirect_tqdm():  # log lines do not tear the progress bar
         summary = run_pipeline(
             pairs,
@@ -258,32 +314,18 @@ def _run(args: argparse.Namespace, steps: RunSteps | None = None) -> int:
             cfg,
             resume=args.resume,
             qc_dir=args.qc,
-            on_result=on_result,
-            progress=progress,
+            on_result=lines.on_result,
+            progress=lines.progress,
             overlap=not args.no_overlap,
-            on_models_loaded=on_models_loaded,
+            on_models_loaded=lines.on_models_loaded,
             steps=steps,
         )
-    if bar is not None:
-        bar.close()
+    lines.close()
     print(f"caio predict: {summary.line()}", flush=True)
     if args.report is not None:
-        report = summary.to_json()
-        report.update(
-            caio_version=caio.__version__,
-            torch_version=torch.__version__,
-            layout={k: str(v) for k, v in vars(layout).items()},
-            shard=shard,
-            config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
-        )
-        write_json_atomic(args.report, report)
+        _write_report(args, summary, layout, shard, cfg)
     if summary.exit_code:
-        bad = [r for r in summary.results if r.status not in ("ok", "resumed")]
-        print(
-            f"caio predict: {len(bad)} pair(s) without a proper registration: "
-            + "; ".join(f"{r.pair.key} {r.status} ({r.message})" for r in bad),
-            file=sys.stderr,
-        )
+        _print_unregistered(summary)
     return summary.exit_code
 
 

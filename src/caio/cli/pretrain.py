@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 from caio.cli.options import add_device, add_output, add_shape, add_threads, apply_threads, examples
-from caio.refine.cascade import CascadeConfig, config_to_dict
 from caio.refine.networks import save_weights
 from caio.refine.pretrain import find_volumes, load_volumes, train
+from caio.refine.settings import CascadeConfig, config_to_dict
 
 log = logging.getLogger("caio.refine.pretrain")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from caio.cli.options import examples
 from caio.errors import CaioInputError
-from caio.weights.fetch import Downloader, check_loadable, fetch
+from caio.pipeline.models import check_loadable
+from caio.weights.fetch import Downloader, fetch
 from caio.weights.manifest import default_weights_dir, load_manifest, manifest_path, select, verify
 
 EXAMPLES = examples(

@@ -20,7 +20,7 @@ Same-contrast pairs, even of different subjects, correlate positively (WM/GM/CSF
 agrees); T1 vs T2/PD invert the GM/WM and CSF ordering and score below 0.
 :func:`is_cross_contrast` is ``score < threshold``. The defaults (``factor`` 4, i.e. 4 mm
 voxels; ``sigma_vox`` 1.5, i.e. a 6 mm Gaussian window; ``threshold`` 0.2) come from
-``bench/calibrate_gate.py`` (``notes/gate_calibration.md``): on 121 T1-T1 / T1-other pairs
+``bench/calibrate_gate.py`` (``docs/gate_calibration.md``): on 121 T1-T1 / T1-other pairs
 every T1-T1 pair scored >= 0.23 and every T1-T2/PD pair <= -0.10, but T1-FLAIR pairs score
 from 0.0 to 0.76 (CSF is dark in both, so only the GM/WM inversion disagrees) and about
 half of them are called same-contrast. Where a pair's modality codes differ, callers
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from caio import spatial
+from caio.similarity.lncc import masked_lncc
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,7 @@ def gate_score(
     w = low_mask.float()
     top = low.amax(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
     low = low / top * w  # each image in [0, 1], background 0
-    lf, lm = low[:, :1], low[:, 1:]
-    local = spatial.gaussian_blur(torch.cat([w, lf, lm, lf * lf, lm * lm, lf * lm], dim=1), float(cfg.sigma_vox))
-    weight = local[:, :1].clamp_min(1e-6)
-    mean_f, mean_m, ff, mm, fm = (local[:, k : k + 1] / weight for k in range(1, 6))
-    var_f = (ff - mean_f * mean_f).clamp_min(0.0)
-    var_m = (mm - mean_m * mean_m).clamp_min(0.0)
-    cc = (fm - mean_f * mean_m) / torch.sqrt((var_f + cfg.eps) * (var_m + cfg.eps))
+    cc = masked_lncc(low[:, :1], low[:, 1:], w, float(cfg.sigma_vox), cfg.eps)
     return float(cc[low_mask].mean())
 
 

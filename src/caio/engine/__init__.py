@@ -1,9 +1,9 @@
 """The registration engine: anytime multi-resolution greedy diffeomorphic optimisation.
 
-:func:`register` is the tensor-level entry point (also ``caio.register``); see :mod:`caio.engine.api`.
+:func:`register` is the tensor-level entry point (also ``caio.register``); see :mod:`caio.engine.multiresolution`.
 """
 
-from caio.engine.api import register, warm_up
+from caio.engine.multiresolution import register, warm_up
 from caio.engine.optimizer import LevelSettings
 from caio.engine.settings import EngineConfig
 from caio.engine.trace import EngineTrace, LevelTrace

@@ -1,5 +1,5 @@
 """The engine's iteration building blocks on the CPU, through the fused kernels of
-:mod:`caio.engine.cpu_kernels` (same interface as :class:`caio.engine.optimizer.TorchKernels`).
+:mod:`caio.kernels` (same interface as :class:`caio.engine.optimizer.TorchKernels`).
 
 Tensors are ``[1, C, D0, D1, D2]`` float32 on the CPU; they are shared with NumPy without copies.
 """
@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from caio import spatial
-from caio.engine import cpu_filters, cpu_kernels
 from caio.engine.optimizer import LevelSettings
+from caio.kernels import fields, filters
+from caio.kernels import similarity as similarity_kernels
 
 
 def _array(x: torch.Tensor) -> np.ndarray:
@@ -36,7 +37,7 @@ class NumbaKernels:
         if similarity not in ("lncc", "lncc2", "mind"):
             raise ValueError(f"unknown similarity '{similarity}'")
         self.kind, self.radius, self.eps, self.warped_gradient = similarity, radius, eps, warped_gradient
-        self.work = cpu_filters.Workspace()
+        self.work = filters.Workspace()
         self._channel_last: tuple[torch.Tensor, np.ndarray] | None = None
 
     def _moving_channel_last(self, moving: torch.Tensor) -> np.ndarray:
@@ -52,7 +53,7 @@ class NumbaKernels:
         """Similarity of ``moving`` warped by ``disp`` and its ascent direction ``[1, 3, ...]`` (a workspace
         array: valid until the next call)."""
         if self.kind in ("lncc", "lncc2"):
-            sim, field = cpu_kernels.lncc_displacement_gradient(
+            sim, field = similarity_kernels.lncc_displacement_gradient(
                 _array(fixed)[0],
                 _array(moving)[0],
                 _array(disp),
@@ -64,14 +65,14 @@ class NumbaKernels:
             )
         else:
             field_shape = (3, *moving.shape[2:])
-            sim, field = cpu_kernels.ssd_displacement_gradient(
+            sim, field = similarity_kernels.ssd_displacement_gradient(
                 _array(fixed), self._moving_channel_last(moving), _array(disp), self.work.get("field", field_shape)
             )
         return sim, _tensor(field)
 
     def smooth(self, image: torch.Tensor, sigma: float) -> torch.Tensor:
         """Gaussian blur (replicate padding), as :func:`caio.spatial.gaussian_blur`."""
-        return _tensor(cpu_filters.separable_filter(_array(image), _gaussian(sigma), True))
+        return _tensor(filters.separable_filter(_array(image), _gaussian(sigma), True))
 
     def warp(self, image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
         """``image`` ``[1, 1, ...]`` warped by ``disp`` ``[1, 3, ...]`` (:func:`caio.spatial.warp`, trilinear,
@@ -81,7 +82,7 @@ class NumbaKernels:
         cost as much again in page faults)."""
         shape = tuple(disp.shape[2:])
         warped = self.work.get("warped", (1, *shape))
-        cpu_kernels.warp_with_gradient(_array(image), _array(disp), warped, self.work.get("gradient", (1, 3, *shape)))
+        fields.warp_with_gradient(_array(image), _array(disp), warped, self.work.get("gradient", (1, 3, *shape)))
         return _tensor(warped)
 
     def update(
@@ -93,13 +94,13 @@ class NumbaKernels:
         iteration at 1 mm)."""
         g = _array(gradient)
         if settings.sigma_update > 0:
-            g = cpu_filters.separable_filter(
+            g = filters.separable_filter(
                 g, _gaussian(settings.sigma_update), True, self.work.get("update", g.shape), self.work
             )
         if settings.quantile >= 1.0:
-            cpu_kernels.scale_to_max_norm(g, settings.step)
+            fields.scale_to_max_norm(g, settings.step)
         else:
-            cpu_kernels.scale_to_quantile_norm(g, settings.step, settings.quantile, settings.clamp)
+            fields.scale_to_quantile_norm(g, settings.step, settings.quantile, settings.clamp)
         u = _array(disp)
         smooth = settings.sigma_field > 0
         # the new field is ``spare`` or a fresh array, never a workspace one (the optimiser may keep it as the best)
@@ -107,11 +108,11 @@ class NumbaKernels:
         dest = spare[0].numpy() if fits and spare.is_contiguous() else np.empty_like(u)
         out = self.work.get("composed", u.shape) if smooth else dest
         if settings.compose:
-            cpu_kernels.compose_fields(u, g, out)
+            fields.compose_fields(u, g, out)
         else:
             np.add(u, g, out=out)
         if smooth:
-            cpu_filters.separable_filter(out, _gaussian(settings.sigma_field), True, out=dest, work=self.work)
+            filters.separable_filter(out, _gaussian(settings.sigma_field), True, out=dest, work=self.work)
         return _tensor(dest)
 
 

@@ -7,7 +7,7 @@ bin of moving intensity, interpolated linearly between bins: the conditional mea
 as in the adaptive intensity correction of the demons algorithm (Guimond, Roche, Ayache & Meunier, IEEE
 TMI 2001; ``similarity="remap"``), or the conditional median, its robust form, for the remapped level
 after MIND-SSC, where voxels still misaligned or mixed from two tissues then pull a bin's value less
-(measured: notes/measurements.md, "Cross-contrast settings tried after the held-out check"). The remapped moving
+(measured: docs/measurements.md, "Cross-contrast settings tried after the held-out check"). The remapped moving
 image is then registered to the fixed one with plain LNCC, which measures a same-contrast pair better
 than squared LNCC measures a cross-contrast one.
 

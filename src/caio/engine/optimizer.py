@@ -3,7 +3,8 @@
 Each iteration (Greedy / SyN-style, from their published descriptions):
 
 1. warp the moving image (or its features) with the current field ``u``;
-2. similarity and its gradient with respect to the warped image (:mod:`caio.engine.similarity`),
+2. similarity and its gradient with respect to the warped image (:mod:`caio.similarity.lncc`,
+   :mod:`caio.similarity.ssd`),
    times the spatial gradient of the warped image: the first variation of the similarity for
    a small update ``v`` applied *before* ``u`` (``x -> x + v(x) + u(x + v(x))``);
 3. smooth that gradient with a Gaussian (``sigma_update``, "fluid" regularisation) and scale it

@@ -1,7 +1,8 @@
 """Settings of the registration engine (:func:`caio.engine.register`): pyramids, iterations, windows, steps.
 
-Every default was chosen by measurement (README, "The registration engine"); the iteration counts are upper bounds
-that the anytime schedule (:mod:`caio.engine.schedule`) trims when the deadline is short.
+Every default was chosen by measurement on tuning sets; the measurements and their commands are in
+docs/measurements.md (the section named beside each setting) and the method in docs/engine.md. The iteration counts
+are upper bounds that the anytime schedule (:mod:`caio.engine.schedule`) trims when the deadline is short.
 """
 
 from __future__ import annotations
@@ -18,63 +19,54 @@ class EngineConfig:
 
     Attributes:
         factors: pyramid levels, coarsest first, as grid-size divisors (1 = full resolution).
-        iterations: iterations per level (same length as ``factors``; measured choices: README).
-        radius: LNCC window half-width in voxels (3 -> 7^3 window); one value for every level, or
-            one per level of ``factors`` (coarsest first).
+        iterations: iterations per level (same length as ``factors``).
+        radius: LNCC window half-width in voxels (3 -> 7^3 window); one value for every level, or one per level of
+            ``factors`` (coarsest first).
         squared_radius: window half-width of the squared LNCC (``"lncc2"``), one value or one per level.
-        remap_factors, remap_iterations: the pyramid of ``similarity="remap"`` (as ``factors`` and
-            ``iterations``): squared LNCC at 1/4 and 1/2, then LNCC on the remapped image at 1/2 and 1.
-        remap_from: index (in ``remap_factors``) of the first level that registers the remapped
-            moving image with LNCC; the levels before it use ``"lncc2"``. The map is fitted afresh
-            before each such level, from the field reached so far.
+        remap_factors, remap_iterations: the pyramid of ``similarity="remap"`` (as ``factors`` and ``iterations``):
+            squared LNCC at 1/4 and 1/2, then LNCC on the remapped image at 1/2 and 1.
+        remap_from: index (in ``remap_factors``) of the first level that registers the remapped moving image with
+            LNCC; the levels before it use ``"lncc2"``. The map is fitted afresh before each such level, from the
+            field reached so far (a map fitted on a misaligned pair blurs the contrast relation).
         remap_bins: moving-intensity bins of the map.
-        remap_min_explained: ``similarity="cross"``: the share of the fixed image's variance the map must
-            explain after the first level (:func:`caio.engine.intensity_map.explained_variance`) to be
-            remapped, else MIND-SSC (LUMIR-like pairs: 0.357-0.534, synthetic with artefacts: 0.123-0.321).
-        eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]; 1e-4 measured best, README).
+        remap_min_explained: ``similarity="cross"``: the share of the fixed image's variance the map must explain
+            after the lead level (:func:`caio.engine.intensity_map.explained_variance`) to keep remapping, else
+            MIND-SSC. Set between the label-drawn pairs (where remapping wins) and pairs with scanner artefacts
+            (where it loses); docs/measurements.md, "Registration engine against CPU peers".
+        eps: LNCC flat-window regulariser (intensities scaled to about [0, 1]).
         level: step and smoothing of every level (:class:`LevelSettings`).
-        steps: largest update per iteration for each level (voxels of that level), overriding
-            ``level.step``; ``None`` uses ``level.step`` everywhere.
-        mind_factors, mind_iterations: the MIND-SSC pyramid and its iterations (30 at 1/2 and 100
-            squared-LNCC iterations before it instead of 50 and 200: -0.0015 / -0.0005 Dice on the LUMIR-like /
-            synthetic cross pairs, 1.8 s less per 1 mm pair; 5 at full resolution and 15 remapped after them
-            instead of 10 and 10: +0.005 / +0.002 Dice there, +0.004 on both held-out sets, same time;
-            notes/measurements.md, "Faster CPU kernels and a shorter cross-contrast schedule" and "Held-out pairs
-            and more remapped iterations"). With the remapped 1/2 level of ``mind_remapped_levels``: 60 and 20
-            MIND-SSC iterations at 1/4 and 1/2, 10 remapped at 1/2, 12 MIND-SSC at full resolution and 5 remapped
-            at the end, in the time of the schedule without it (more full-resolution MIND-SSC iterations after the
-            remapped level is what keeps real contrasts accurate: 5 there cost 0.04-0.19 voxel).
+        steps: largest update per iteration for each level (voxels of that level), overriding ``level.step``;
+            ``None`` uses ``level.step`` everywhere.
+        mind_factors, mind_iterations: the MIND-SSC pyramid and its iterations. Most of them are spent at 1/4 and
+            1/2, where an iteration is cheap; the full-resolution MIND-SSC iterations after the remapped level are
+            what keeps real contrasts accurate (docs/measurements.md, "A remapped level between MIND-SSC levels").
         mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels of the full-resolution
             image; the descriptors are computed there once and resampled for the coarser levels).
-        mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxels beat 0.5 (Dice
-            0.5666 vs 0.5583 on 10 synthetic cross-contrast pairs; 1.0: 0.5648). ``"mind"`` first runs the
-            first level of ``remap_factors`` (squared LNCC) and starts the descriptors only if they
-            (``mind_seconds_per_voxel`` per voxel, both images; measured 1.3e-7 with the fused CPU passes,
-            twice that as a margin) fit before the deadline.
-        mind_remap_statistic: what the map of those levels takes of the fixed intensities in each moving bin:
-            ``"median"`` (beat the mean on every set: LUMIR-like cross 0.6252 -> 0.6271, synthetic 0.6070 -> 0.6078,
-            real SPM T2 0.83 -> 0.78 voxel, and on 9 of the 10 held-out cross pairs, the tenth 0.0001 lower;
-            notes/measurements.md, "Cross-contrast settings tried after the held-out check")
-            or ``"mean"``. ``similarity="remap"`` fits its map on a pair aligned only by squared LNCC and keeps the
-            mean: the median lost there (3 mm test pair: Dice 0.614 -> 0.602).
+        mind_level: step and smoothing of the MIND-SSC levels: a field smoothing of 0.75 voxel, which beat 0.5 and
+            1.0 on the synthetic cross-contrast pairs (docs/measurements.md, "MIND-SSC for cross-contrast pairs").
+        mind_seconds_per_voxel: cost of the descriptors of both images per voxel, twice the measured value as a
+            margin: ``"mind"`` starts them only if they and a few iterations fit before the deadline, since they
+            cannot be interrupted.
+        mind_remap_statistic: what the map of the remapped MIND-SSC-route levels takes of the fixed intensities in
+            each moving bin: ``"median"`` (it beat the mean on every tuning set) or ``"mean"``. ``similarity="remap"``
+            keeps the mean: its map is fitted on a pair aligned only by squared LNCC, where the median lost
+            (docs/measurements.md, "Cross-contrast settings tried after the held-out check").
         mind_remap_factors, mind_remap_iterations: levels run after the MIND-SSC ones: LNCC against the moving
             image remapped to the fixed contrast by the intensity map fitted on the MIND-SSC-aligned pair
-            (:mod:`caio.engine.intensity_map`); ``()`` ends with MIND-SSC. Measured choices: notes/measurements.md,
-            "Remapped refinement after MIND-SSC" and "Held-out pairs and more remapped iterations".
+            (:mod:`caio.engine.intensity_map`); ``()`` ends with MIND-SSC (docs/measurements.md, "Remapped
+            refinement after MIND-SSC").
         mind_remapped_levels: indices (in ``mind_factors``) of levels that register LNCC against the remapped
-            moving image, as the levels after them, instead of the descriptors; the MIND-SSC levels that follow
-            go on from that field. Default: the second 1/2 level, between MIND-SSC at 1/2 and at full resolution
-            (LUMIR-like cross 0.6276 -> 0.6420, synthetic 0.6078 -> 0.6108, real contrasts' endpoint error equal
-            or lower, same time; remapped levels only after the full-resolution MIND-SSC level had cost real
-            contrasts 0.10-0.33 voxel; notes/measurements.md, "A remapped level between MIND-SSC levels").
+            moving image instead of the descriptors; the MIND-SSC levels that follow go on from that field. The
+            default remaps between MIND-SSC at 1/2 and at full resolution, so that the descriptors correct what
+            the map gets wrong (docs/measurements.md, "A remapped level between MIND-SSC levels").
         min_iterations: a level that would get fewer iterations than this is skipped.
         prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
-        crop_margin: register inside the bounding box of the non-zero voxels of either image,
-            grown by this many voxels (``-1``: the whole grid).
-        warped_gradient: on the CPU, central differences of the warped image (as the PyTorch path)
-            instead of the moving image's gradient at the warped point.
-        cpu_kernels: on the CPU, use the fused Numba kernels (:mod:`caio.engine.cpu_kernels`);
-            ``False`` runs the PyTorch path there too.
+        crop_margin: register inside the bounding box of the non-zero voxels of either image, grown by this many
+            voxels (``-1``: the whole grid).
+        warped_gradient: on the CPU, central differences of the warped image (as the PyTorch path) instead of the
+            moving image's gradient at the warped point.
+        cpu_kernels: on the CPU, use the fused Numba kernels (:mod:`caio.kernels`); ``False`` runs the PyTorch
+            path there too.
     """
 
     factors: tuple[int, ...] = (4, 2, 1)
@@ -127,6 +119,22 @@ class EngineConfig:
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != len(self.factors):
                 raise ValueError(f"{name} must have one value per level of factors ({len(self.factors)})")
+
+    def check_windows(self, similarity: str) -> None:
+        """Per-level windows and steps are given per level of ``factors``; the pyramids a registration with
+        ``similarity`` also runs (``"remap"``: the remap pyramid; ``"cross"``, ``"mind"``: both it and the MIND-SSC
+        pyramid, whose remapped levels read the LNCC window by index) must then have as many levels.
+
+        Raises:
+            ValueError: a per-level tuple does not fit a pyramid that ``similarity`` runs.
+        """
+        pyramids = {"remap": ("remap",), "cross": ("remap", "mind"), "mind": ("remap", "mind")}.get(similarity, ())
+        for pyramid in pyramids:
+            levels = len(self.schedule(pyramid)[0])
+            fields = "remap_factors has" if pyramid == "remap" else "mind_factors + mind_remap_factors have"
+            for name in ("radius", "squared_radius", "steps") if pyramid == "remap" else ("radius",):
+                if levels != len(self.factors) and isinstance(getattr(self, name), tuple):
+                    raise ValueError(f"{name} has one value per level of factors, but {fields} {levels}")
 
     def schedule(self, kind: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(factors, iterations)`` of the pyramid used for similarity ``kind``."""

@@ -1,5 +1,6 @@
 """LUMIR file interface: dataset JSON and pair naming (:mod:`caio.io.dataset`), volumes and
-displacement files (:mod:`caio.io.volumes`), atomic writes (:mod:`caio.io.atomic`).
+displacement files (:mod:`caio.io.volumes`), header-first checks and streamed reading
+(:mod:`caio.io.header`), memory bounds (:mod:`caio.io.memory`), atomic writes (:mod:`caio.io.atomic`).
 
 The public names are re-exported here: ``from caio.io import read_volume``.
 """
@@ -15,12 +16,17 @@ from caio.io.dataset import (
     parse_lumir_name,
     resolve_data_path,
 )
+from caio.io.header import ImageHeader
+from caio.io.memory import MemoryLimit, available_memory, format_size, memory_limit, parse_size
 from caio.io.volumes import (
     MAX_ABS_INTENSITY,
+    check_shape,
     conform_to_shape,
     image_data,
+    inspect_image,
     load_image,
     read_displacement,
+    read_image,
     read_volume,
     resample_to_grid,
     same_grid,
@@ -31,6 +37,15 @@ from caio.io.volumes import (
 __all__ = [
     "LUMIR_SHAPE",
     "MAX_ABS_INTENSITY",
+    "ImageHeader",
+    "MemoryLimit",
+    "available_memory",
+    "check_shape",
+    "format_size",
+    "inspect_image",
+    "memory_limit",
+    "parse_size",
+    "read_image",
     "check_input_file",
     "image_data",
     "load_image",

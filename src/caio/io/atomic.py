@@ -1,8 +1,10 @@
 """The one home of atomic file writes: write to a temporary name in the target folder, then rename.
 
-A reader never sees a half-written file. Temporary names are unique per process and call
-(``.<name>.<pid>-<random>.tmp``): they start with ``.`` and end in :data:`TMP_SUFFIX`, so a
-resume or a clean-up can recognise leftovers (:func:`is_temporary`, :func:`remove_stray_temporaries`).
+A reader never sees a half-written file; the file is synced to disk before the rename and the
+folder after it, so a power loss leaves the old file or the complete new one. Temporary names are
+unique per process and call (``.<name>.<pid>-<random>.tmp``): they start with ``.`` and end in
+:data:`TMP_SUFFIX`, so a resume or a clean-up can recognise leftovers (:func:`is_temporary`,
+:func:`remove_stray_temporaries`).
 
 Every temporary file that exists while a write is under way is listed in a process-wide
 registry, so a signal handler can remove them (:func:`remove_live_temporaries`) before the
@@ -11,6 +13,7 @@ process exits; after that call no new temporary file is created.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import logging
@@ -33,8 +36,8 @@ TMP_SUFFIX = ".tmp"
 GZIP_LEVEL = 0
 """Compression level of ``.nii.gz`` outputs: 0 (stored). A float32 displacement hardly compresses (its
 mantissa bits are noise): levels 1/6/9 save 7 % of 83 MB for 6-10 s of CPU per field, level 0 takes
-about 1 s (the CRC) and stays a valid gzip stream that nibabel loads (README, "Reading and writing: throughput and
-write cost")."""
+about 1 s (the CRC) and stays a valid gzip stream that nibabel loads (docs/measurements.md, "Reading and
+writing: throughput and write cost")."""
 STRAY_MAX_AGE_S = 6 * 3600.0
 """A temporary file older than this is a leftover even when its process id is alive (reused ids)."""
 
@@ -142,13 +145,39 @@ def _create_temporary(path: Path) -> Path:
         return tmp
 
 
+_FSYNC_REFUSED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+"""``fsync`` errors of file systems that cannot sync a folder (some network and FUSE file systems): ignored."""
+
+
+def fsync_path(path: str | os.PathLike, folder: bool = False) -> None:
+    """Flush ``path`` (a file, or with ``folder=True`` a folder's entries) to disk: open, ``os.fsync``, close.
+
+    A folder whose file system refuses ``fsync`` (EINVAL, ENOTSUP) is left as it is.
+
+    Raises:
+        OSError: the file or folder cannot be opened or synced.
+    """
+    flags = os.O_RDONLY | (os.O_DIRECTORY if folder else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not (folder and err.errno in _FSYNC_REFUSED):
+            raise
+        log.debug("%s: the file system refuses fsync of a folder (%s)", path, err)
+    finally:
+        os.close(fd)
+
+
 def replace_atomically(path: str | os.PathLike, write_fn: Callable[[Path], None], mode: int = 0o644) -> Path:
     """Call ``write_fn(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     ``write_fn`` receives a path whose name ends in ``.tmp`` (pass an explicit format to
     writers that infer it from the suffix); the file exists (empty) and may be overwritten.
     The temporary file is removed on any failure (a full disk included), so ``path`` is
-    either complete or untouched.
+    either complete or untouched. The temporary file is flushed to disk (``fsync``) before the
+    rename and the folder after it, so a power loss, not only a killed process, leaves the old
+    file or the complete new one (:func:`fsync_path`).
 
     Raises:
         CaioInputError: the folder or the file cannot be written.
@@ -159,7 +188,9 @@ def replace_atomically(path: str | os.PathLike, write_fn: Callable[[Path], None]
         tmp = _create_temporary(path)
         write_fn(tmp)
         os.chmod(tmp, mode)
+        fsync_path(tmp)  # the bytes on disk before the name points at them
         os.replace(tmp, path)
+        fsync_path(path.parent, folder=True)  # the new name itself on disk
     except OSError as err:
         if tmp is not None:
             tmp.unlink(missing_ok=True)

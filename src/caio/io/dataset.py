@@ -14,6 +14,7 @@ Decisions on the dataset JSON (README "Bad input"):
   that leaves the root is refused; ``..`` inside the root is fine). Absolute paths are taken as
   they are: writing one is an explicit choice of file. Symbolic links are not resolved for the check.
 * An image file that cannot be used (:func:`check_input_file`) skips only its pair in ``predict``.
+* A JSON file above :data:`MAX_JSON_BYTES` is refused before it is parsed; deep nesting is a parse error.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 LUMIR_SHAPE: tuple[int, int, int] = (160, 224, 192)
 """Spatial shape of every LUMIR volume (array axes 0, 1, 2)."""
+
+MAX_JSON_BYTES = 64 << 20
+"""Largest dataset JSON read (the official LUMIR25_dataset.json, 3384 training entries, is 0.3 MiB)."""
 
 _LUMIR_NAME = re.compile(r"(?P<subject>\d{4})_(?P<modality>\d{4})\.nii(\.gz)?$")
 
@@ -144,6 +148,8 @@ def check_input_file(path: str | os.PathLike, what: str = "image") -> Path:
     path = Path(path)
     try:
         info = os.stat(path)
+    except ValueError:  # a NUL byte in the name (e.g. from a dataset JSON)
+        raise CaioInputError(f"{str(path)!r}: invalid file name (it contains a NUL byte)") from None
     except OSError as err:
         reasons = {
             errno.ENOENT: f"{what} file not found",
@@ -191,13 +197,7 @@ def load_pairs(
             without LUMIR IDs. A pair listed twice is kept once, with a warning.
     """
     json_path = Path(json_path)
-    check_input_file(json_path, "dataset JSON")
-    try:
-        data = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise CaioInputError(f"{json_path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise CaioInputError(f"{json_path}: top level must be an object with a 'validation' list")
+    data = _read_json_object(json_path)
     if keys is None:
         keys = [k for k, v in data.items() if _is_pair_list(v)]
         if not keys:
@@ -242,6 +242,28 @@ def load_pairs(
     if not pairs:
         raise CaioInputError(f"{json_path}: the pair list is empty")
     return pairs
+
+
+def _read_json_object(json_path: Path) -> dict:
+    """The parsed top-level object of a dataset JSON (at most :data:`MAX_JSON_BYTES`).
+
+    Raises:
+        CaioInputError: unusable file, too large, not JSON (deep nesting included), not an object.
+    """
+    check_input_file(json_path, "dataset JSON")
+    size = json_path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise CaioInputError(
+            f"{json_path}: {size >> 20} MiB, more than the {MAX_JSON_BYTES >> 20} MiB a dataset JSON may have "
+            "(the official one is 0.3 MiB)"
+        )
+    try:
+        data = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise CaioInputError(f"{json_path}: not valid JSON ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise CaioInputError(f"{json_path}: top level must be an object with a 'validation' list")
+    return data
 
 
 def _is_pair_list(value: object) -> bool:

@@ -21,6 +21,8 @@ from caio import spatial
 from caio.errors import CaioInputError
 from caio.io.atomic import write_nifti_atomic
 from caio.io.dataset import LUMIR_SHAPE, check_input_file
+from caio.io.header import ImageHeader, describe, one_line, quiet_nibabel, read_data
+from caio.io.memory import memory_limit, read_bytes
 from caio.spatial import grid_scale
 
 log = logging.getLogger(__name__)
@@ -32,14 +34,9 @@ larger values (e.g. 1e30) overflow the squared terms of the similarity in float3
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def load_image(path: str | os.PathLike, what: str = "image") -> nib.spatialimages.SpatialImage:
-    """Open a NIfTI (``.nii``, ``.nii.gz``) or MGH (``.mgz``) file; its header only, data stay on disk.
-
-    Raises:
-        CaioInputError: the file is unusable (:func:`caio.io.dataset.check_input_file`) or is not
-            an image nibabel can read (garbage bytes, a ``.gz`` name on uncompressed data ...).
-    """
-    path = check_input_file(path, what)
+def _open(path: Path) -> nib.spatialimages.SpatialImage:
+    """``nib.load`` (header only), its failures turned into one line naming ``path``."""
+    quiet_nibabel()
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises many types for broken files
@@ -49,60 +46,136 @@ def load_image(path: str | os.PathLike, what: str = "image") -> nib.spatialimage
             raise CaioInputError(
                 f"{path}: not gzip-compressed although the name says so (not a NIfTI/MGH file?)"
             ) from None
-        raise CaioInputError(f"{path}: cannot read as NIfTI/MGH ({_one_line(err)})") from None
+        if "w2 should be positive" in str(err):
+            problem = "invalid qform: quaternion with b^2 + c^2 + d^2 > 1 (not a rotation)"
+            raise CaioInputError(f"{path}: {problem}") from None
+        raise CaioInputError(f"{path}: cannot read as NIfTI/MGH ({one_line(err)})") from None
+
+
+def inspect_image(path: str | os.PathLike, what: str = "image", *, use_affine: bool = True) -> ImageHeader:
+    """Open an image file and check its header (:func:`caio.io.header.describe`); no voxel data are read.
+
+    Args:
+        use_affine: the caller needs the affine (``register``, ``warp``): an unusable one is an error.
+            ``False`` (array-index work: ``predict``, ``evaluate``, ``qc``): it is ignored, and
+            :attr:`ImageHeader.geometry_problem` says what (the readers log it once the data are read).
+    Raises:
+        CaioInputError: see :func:`caio.io.dataset.check_input_file`, :func:`load_image` and
+            :func:`caio.io.header.describe`; a geometry problem when ``use_affine``.
+    """
+    path = check_input_file(path, what)
+    header = describe(_open(path), path)
+    if header.geometry_problem and use_affine:
+        raise CaioInputError(f"{path}: {header.geometry_problem} (fix the header's sform/qform)")
+    return header
+
+
+def _warn_if_affine_ignored(header: ImageHeader) -> None:
+    """After a successful read only: a refused file gets one line, its error."""
+    if header.geometry_problem:
+        log.warning("%s: %s; affine ignored (array indices are used)", header.path, header.geometry_problem)
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> nib.spatialimages.SpatialImage:
+    """Open a NIfTI (``.nii``, ``.nii.gz``) or MGH (``.mgz``) file for a command that uses its affine;
+    its header only (checked by :func:`inspect_image`), the data stay on disk.
+
+    Raises:
+        CaioInputError: the file is unusable (:func:`caio.io.dataset.check_input_file`), is not an
+            image nibabel can read (garbage bytes, a ``.gz`` name on uncompressed data ...), or its
+            header is (:func:`caio.io.header.describe`, including a singular or non-finite affine).
+    """
+    return inspect_image(path, what).image
+
+
+def volume_shape(header: ImageHeader) -> tuple[int, int, int]:
+    """The 3-D shape of an image header: trailing axes of size 1 beyond the third dropped.
+
+    Raises:
+        CaioInputError: a 2-D image (or a size-1 axis among the first three), a 4-D/5-D image.
+    """
+    shape = header.shape
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3 or min(shape) < 2:
+        kind = "a 2-D image" if len(shape) < 3 or min(shape) < 2 else f"a {len(shape)}-D image"
+        raise CaioInputError(f"{header.path}: {kind} of shape {shape}, expected one 3-D volume")
+    return shape  # type: ignore[return-value]
+
+
+def read_image(
+    header: ImageHeader, keep_dtype: bool = False, max_memory: int | None = None, what: str = "reading it"
+) -> np.ndarray:
+    """The checked voxel array of a checked header: 3-D, finite, ``|value| <= MAX_ABS_INTENSITY``.
+
+    Args:
+        keep_dtype: keep the stored integer/float type (float32 when the file is scaled).
+        max_memory: bytes allowed for the read (``None``: the memory available now).
+    Returns:
+        ``(D0, D1, D2)`` float32 (or the stored type), in file order.
+    Raises:
+        CaioInputError: see :func:`volume_shape`, :func:`caio.io.header.read_data`; more memory than allowed.
+    """
+    shape = volume_shape(header)
+    out_dtype = None if keep_dtype else np.float32
+    itemsize = 4 if out_dtype is not None or header.scaled else header.dtype.itemsize
+    need = read_bytes(shape, itemsize)
+    memory_limit(max_memory).check(need, header.path, f"{what} ({'x'.join(map(str, shape))} voxels)")
+    data = read_data(header, out_dtype, max_abs=MAX_ABS_INTENSITY)
+    return data.reshape(shape, order="A")
 
 
 def image_data(img: nib.spatialimages.SpatialImage, path: str | os.PathLike, keep_dtype: bool = False) -> np.ndarray:
     """The voxel array of ``img``, checked: numeric, 3-D, finite, ``|value| <= MAX_ABS_INTENSITY``.
 
-    Integer and float64 data are accepted and converted to float32 (``keep_dtype=False``);
-    trailing axes of size 1 (a 4-D image with one channel) are dropped.
+    The header is checked first (:func:`caio.io.header.describe`), the read must fit in the memory
+    available, and the data are streamed (:func:`caio.io.header.read_data`). Integer and float64 data
+    are converted to float32 (``keep_dtype=False``); scaled data (``scl_slope``/``scl_inter``) are
+    checked after scaling, as the engine sees them; trailing axes of size 1 are dropped.
 
     Returns:
         ``(D0, D1, D2)`` float32 (or the file's dtype with ``keep_dtype``), in file order.
     Raises:
-        CaioInputError: truncated/corrupt data, a 2-D or 4-D/5-D image, a non-numeric dtype,
-            NaN/Inf, or values beyond :data:`MAX_ABS_INTENSITY`.
+        CaioInputError: truncated/corrupt/over-long data, a 2-D or 4-D/5-D image, a non-numeric dtype,
+            NaN/Inf, values beyond :data:`MAX_ABS_INTENSITY`, more memory than available.
     """
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as err:
-        raise CaioInputError(f"{path}: truncated or corrupt image data ({_one_line(err)})") from None
-    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise CaioInputError(f"{path}: data type {data.dtype} is not supported (expected integers or floats)")
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3 or min(data.shape) < 2:
-        kind = "a 2-D image" if data.ndim < 3 or min(data.shape) < 2 else f"a {data.ndim}-D image"
-        raise CaioInputError(f"{path}: {kind} of shape {data.shape}, expected one 3-D volume")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise CaioInputError(f"{path}: contains NaN or infinite values")
-    peak = float(np.abs(data).max(initial=0).astype(np.float64))
-    if peak > MAX_ABS_INTENSITY:
-        raise CaioInputError(
-            f"{path}: intensity {peak:.3g} beyond {MAX_ABS_INTENSITY:.0e} (rescale the image, e.g. to [0, 255])"
-        )
-    return data if keep_dtype else np.asarray(data, dtype=np.float32)
+    return read_image(describe(img, path), keep_dtype)
 
 
-def read_volume(path: str | os.PathLike, expected_shape: Sequence[int] | None = LUMIR_SHAPE) -> np.ndarray:
-    """Read a 3-D image as float32, checking the file, its shape and its values.
+def read_volume(
+    path: str | os.PathLike, expected_shape: Sequence[int] | None = LUMIR_SHAPE, max_memory: int | None = None
+) -> np.ndarray:
+    """Read a 3-D image as float32, checking the file, its header, its shape and its values.
 
     The array is used in file order (no reorientation): LUMIR volumes are already on a
-    common grid, and the evaluator works in array-index space. A volume of another shape is
-    an error, never silently resampled; use :func:`caio.io.conform_to_shape` explicitly
+    common grid, and the evaluator works in array-index space (an unusable affine is ignored,
+    with a warning). A volume of another shape is an error, found in the header before any
+    data are read, never silently resampled; use :func:`caio.io.conform_to_shape` explicitly
     (``--resample`` on the CLI) or :func:`resample_to_grid` (``caio register``) to accept it.
 
     Raises:
-        CaioInputError: see :func:`load_image` and :func:`image_data`; a wrong shape.
+        CaioInputError: see :func:`inspect_image` and :func:`read_image`; a wrong shape.
     """
-    data = image_data(load_image(path), path)
-    if expected_shape is not None and tuple(data.shape) != tuple(expected_shape):
+    header = inspect_image(path, use_affine=False)
+    check_shape(header, expected_shape)
+    data = read_image(header, max_memory=max_memory)
+    _warn_if_affine_ignored(header)
+    return data
+
+
+def check_shape(header: ImageHeader, expected_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """The header's 3-D shape (:func:`volume_shape`), which must be ``expected_shape`` when given.
+
+    Raises:
+        CaioInputError: not one 3-D volume, or another shape.
+    """
+    shape = volume_shape(header)
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
         raise CaioInputError(
-            f"{path}: shape {tuple(data.shape)}, expected {tuple(expected_shape)} "
+            f"{header.path}: shape {tuple(shape)}, expected {tuple(expected_shape)} "
             f"(LUMIR grid; pass --resample to resample it)"
         )
-    return data
+    return shape
 
 
 def same_grid(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Sequence[int], affine_b: np.ndarray) -> bool:
@@ -161,10 +234,6 @@ def resample_to_grid(
     return spatial.sample(image, coords.float(), padding_mode="zeros")[0, 0].numpy()
 
 
-def _one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
-
-
 def conform_to_shape(volume: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
     """Resample a volume linearly (or nearest, ``order=0``) onto ``shape`` over the same field of view.
 
@@ -200,34 +269,36 @@ def write_displacement(
     return write_nifti_atomic(path, channel_last, affine, descrip=descrip)
 
 
-def read_displacement(path: str | os.PathLike, expected_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Read a displacement file the way the evaluator does; return channel-first float64.
+def read_displacement(
+    path: str | os.PathLike, expected_shape: Sequence[int] | None = None, max_memory: int | None = None
+) -> np.ndarray:
+    """Read a displacement file the way the evaluator does (array indices, affine ignored); channel-first float64.
 
     The file may be channel-last ``(D0, D1, D2, 3)`` or channel-first ``(3, D0, D1, D2)``
-    (recognised, as by the evaluator, by a first dimension of 3).
+    (recognised, as by the evaluator, by a first dimension of 3). Its header is checked and the
+    shape compared before any data are read.
 
     Args:
         expected_shape: spatial shape the field must have (``None``: any).
+        max_memory: bytes allowed for the read (``None``: the memory available now).
     Returns:
         ``(3, D0, D1, D2)`` float64.
     Raises:
-        CaioInputError: missing/unreadable file, wrong shape, or non-finite values.
+        CaioInputError: missing/unreadable file, wrong shape, non-finite values, more memory than allowed.
     """
     path = Path(path)
-    img = load_image(path, "displacement")
-    try:
-        data = np.asarray(img.get_fdata(), dtype=np.float64)
-    except Exception as err:
-        raise CaioInputError(f"{path}: truncated or corrupt displacement data ({_one_line(err)})") from None
-    if data.ndim == 4 and data.shape[0] == 3:
-        data = np.moveaxis(data, 0, -1)
-    if data.ndim != 4 or data.shape[-1] != 3:
-        raise CaioInputError(f"{path}: displacement must be (D0, D1, D2, 3) or (3, D0, D1, D2), got {data.shape}")
-    if expected_shape is not None and tuple(data.shape[:3]) != tuple(expected_shape):
-        raise CaioInputError(f"{path}: displacement grid {data.shape[:3]}, expected {tuple(expected_shape)}")
-    if not np.isfinite(data).all():
-        raise CaioInputError(f"{path}: displacement contains NaN or infinite values")
-    return np.moveaxis(data, -1, 0)
+    header = inspect_image(path, "displacement", use_affine=False)
+    shape = header.shape
+    channel_first = len(shape) == 4 and shape[0] == 3
+    if not (channel_first or (len(shape) == 4 and shape[-1] == 3)):
+        raise CaioInputError(f"{path}: displacement must be (D0, D1, D2, 3) or (3, D0, D1, D2), got {shape}")
+    grid = shape[1:] if channel_first else shape[:3]
+    if expected_shape is not None and tuple(grid) != tuple(expected_shape):
+        raise CaioInputError(f"{path}: displacement grid {tuple(grid)}, expected {tuple(expected_shape)}")
+    memory_limit(max_memory).check(read_bytes(shape, 8), path, "reading the displacement")
+    data = read_data(header, np.float64)
+    _warn_if_affine_ignored(header)
+    return data if channel_first else np.moveaxis(data, -1, 0)
 
 
 def validate_displacement_file(path: str | os.PathLike, shape: Sequence[int] = LUMIR_SHAPE) -> str | None:

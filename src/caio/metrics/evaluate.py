@@ -351,7 +351,7 @@ def evaluate_folder(
             disp = io.read_displacement(disp_path, expected_shape=shape)
         except CaioInputError as err:
             row.update(status="missing" if not disp_path.is_file() else "invalid", error=str(err))
-            log.warning("%s: %s", pair.key, err)
+            log.debug("%s: %s", pair.key, err)  # in its row, and in the command's one error line
             rows.append(row)
             continue
         fixed_image = io.read_volume(pair.fixed, expected_shape=shape)

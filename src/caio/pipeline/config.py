@@ -36,7 +36,7 @@ STEP_SECONDS_PER_VOXEL: dict[str, dict[str, float]] = {
     "cpu": {"brainid": 218.0 / LUMIR_VOXELS, "vfa": 58.0 / LUMIR_VOXELS},
     "cuda": {},
 }
-"""Measured cost (README, 2-core CPU): Brain-ID 218 s per 160x224x192 volume (it runs on both
+"""Measured cost (docs/measurements.md, 2-core CPU): Brain-ID 218 s per 160x224x192 volume (it runs on both
 images of a pair), VFA 58 s per pair. A step absent here (GPU: not measured) is assumed to fit."""
 
 WRITE_SECONDS_PER_VOXEL = 2.0 / LUMIR_VOXELS
@@ -84,6 +84,10 @@ class PipelineConfig:
             as long as fixed and moving agree.
         identity_fallback: when every method fails on a pair, write a zero displacement
             (the evaluator aborts on a missing file) and report the pair as degraded.
+        max_memory: bytes a pair may need (read, resampled, registered; estimated from the headers
+            by :func:`caio.io.memory.pipeline_pair_bytes` before any data are read); a pair needing more
+            is skipped. ``None``: the memory available at the start of the run (:func:`caio.pipeline.batch.run`).
+        max_memory_source: where ``max_memory`` comes from, for the skip message.
     """
 
     device: str = "auto"
@@ -98,6 +102,8 @@ class PipelineConfig:
     resample: bool = False
     expected_shape: tuple[int, int, int] | None = LUMIR_SHAPE
     identity_fallback: bool = True
+    max_memory: int | None = None
+    max_memory_source: str = "--max-memory"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", MODE_ALIASES.get(self.mode, self.mode))
@@ -113,3 +119,5 @@ class PipelineConfig:
             raise CaioInputError(f"steps {self.steps} must be >= 0")
         if self.resample and self.expected_shape is None:
             raise CaioInputError("resample needs an expected shape")
+        if self.max_memory is not None and not self.max_memory > 0:
+            raise CaioInputError(f"max_memory {self.max_memory} bytes must be positive")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from caio.device import resolve_device
 from caio.engine import warm_up
 from caio.errors import CaioInputError
 from caio.pipeline.config import PipelineConfig
-from caio.weights.manifest import cascade_init_path, resolve
+from caio.weights.manifest import WeightEntry, cascade_init_path, resolve
 
 log = logging.getLogger("caio.pipeline")
 
@@ -110,3 +111,23 @@ def load_models(cfg: PipelineConfig, device: torch.device | None = None) -> Mode
     models.load_seconds = time.monotonic() - start
     log.info("models loaded in %.1f s (engine kernels %.1f s)", models.load_seconds, warm)
     return models
+
+
+ARCHITECTURE_LOADERS: dict[str, Callable[[Path, str], object]] = {"vfa": load_vfa, "brainid": load_brainid}
+"""A manifest entry's ``architecture`` -> ``loader(path, device)``, used by :func:`check_loadable`."""
+
+
+def check_loadable(entry: WeightEntry, path: Path) -> str | None:
+    """Load ``path`` with its architecture's loader on the CPU (strict keys and shapes).
+
+    Returns:
+        None when it loads (or no loader is known/importable), else the one-line reason.
+    """
+    if entry.architecture not in ARCHITECTURE_LOADERS:
+        return None
+    load = ARCHITECTURE_LOADERS[entry.architecture]
+    try:
+        load(path, "cpu")
+    except Exception as err:  # any failure makes the file unusable for the pipeline
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None

@@ -23,7 +23,7 @@ from caio.io.atomic import read_nifti_descrip, replace_atomically, temporary_nam
 from caio.pipeline.config import PipelineConfig
 from caio.pipeline.pair import PairResult
 
-log = logging.getLogger("caio.pipeline.run")
+log = logging.getLogger("caio.pipeline.batch")
 
 STATUS_PREFIX = "caio "
 """Start of the ``descrip`` text caio writes; ``caio <status> <path>``."""
@@ -121,7 +121,7 @@ def write_outputs(result: PairResult, disp: np.ndarray, out_dir: Path) -> list[P
 def write_pair(result: PairResult, disp: np.ndarray, out_dir: Path) -> PairResult:
     """Write a pair's outputs; on failure the pair becomes ``failed`` (no file left behind). Never raises.
 
-    Runs in the writer thread of :func:`caio.pipeline.run.run`; sets ``result.outputs``,
+    Runs in the writer thread of :func:`caio.pipeline.batch.run`; sets ``result.outputs``,
     ``result.write_s`` and, on failure, ``status`` and ``message``.
     """
     start = time.monotonic()

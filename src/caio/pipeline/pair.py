@@ -25,7 +25,8 @@ import torch
 
 from caio.device import autocast, peak_memory_mb
 from caio.errors import CaioInputError
-from caio.io import Pair, conform_to_shape, read_volume
+from caio.io import ImageHeader, Pair, check_shape, conform_to_shape, inspect_image, read_image
+from caio.io.memory import MemoryLimit, memory_limit, pipeline_pair_bytes
 from caio.pipeline.config import PipelineConfig, budget_for, write_reserve_s
 from caio.pipeline.models import Models
 from caio.pipeline.stages import (
@@ -97,22 +98,61 @@ class PairResult:
         return out
 
 
-def load_pair_volumes(pair: Pair, cfg: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Read both volumes as float32 ``(D0, D1, D2)`` on the output grid.
+class PairVolumes(tuple):
+    """``(fixed, moving)`` float32 ``(D0, D1, D2)`` volumes (unpack it as a tuple), plus ``notes``: what was
+    ignored while reading them, e.g. ``"LUMIRMRI_3454_0000.nii.gz: affine ignored (singular sform ...)"``."""
+
+    notes: tuple[str, ...]
+
+    def __new__(cls, fixed: np.ndarray, moving: np.ndarray, notes: Sequence[str] = ()) -> PairVolumes:
+        volumes = super().__new__(cls, (fixed, moving))
+        volumes.notes = tuple(notes)
+        return volumes
+
+
+def pair_memory_limit(cfg: PipelineConfig) -> MemoryLimit:
+    """The bytes a pair may need: ``cfg.max_memory`` (from ``--max-memory`` or the start of the run), else now."""
+    if cfg.max_memory is None or cfg.max_memory_source == "--max-memory":
+        return memory_limit(cfg.max_memory)
+    return MemoryLimit(cfg.max_memory, cfg.max_memory_source)
+
+
+def check_pair_headers(pair: Pair, cfg: PipelineConfig) -> tuple[ImageHeader, ImageHeader]:
+    """Both headers checked, shapes compared and the pair's memory estimated, before any voxel is read.
 
     Raises:
-        CaioInputError: unreadable file, wrong shape (without ``resample``), NaN, or
-            fixed and moving grids that differ.
+        CaioInputError: an unusable file or header, a wrong shape (without ``resample``), fixed and
+            moving shapes that differ, or a working set beyond :func:`pair_memory_limit`.
     """
-    shape = None if cfg.resample else cfg.expected_shape
-    fixed, moving = read_volume(pair.fixed, shape), read_volume(pair.moving, shape)
+    expected = None if cfg.resample else cfg.expected_shape
+    fixed, moving = inspect_image(pair.fixed, use_affine=False), inspect_image(pair.moving, use_affine=False)
+    fixed_shape, moving_shape = check_shape(fixed, expected), check_shape(moving, expected)
+    if not cfg.resample and fixed_shape != moving_shape:
+        raise CaioInputError(f"{pair.moving}: shape {moving_shape} differs from fixed {pair.fixed} {fixed_shape}")
+    grid = cfg.expected_shape or fixed_shape
+    need = pipeline_pair_bytes(fixed_shape, moving_shape, grid)
+    larger = max((fixed, moving), key=lambda h: h.voxels)
+    shapes = f"fixed {'x'.join(map(str, fixed_shape))}, moving {'x'.join(map(str, moving_shape))}"
+    pair_memory_limit(cfg).check(need, larger.path, f"registering the pair ({shapes})")
+    return fixed, moving
+
+
+def load_pair_volumes(pair: Pair, cfg: PipelineConfig) -> PairVolumes:
+    """Read both volumes as float32 ``(D0, D1, D2)`` on the output grid, headers first
+    (:func:`check_pair_headers`); an unusable affine is ignored (array indices, as the evaluator) and noted.
+
+    Raises:
+        CaioInputError: see :func:`check_pair_headers`; unreadable, truncated or non-finite data.
+    """
+    headers = check_pair_headers(pair, cfg)
+    limit = pair_memory_limit(cfg).bytes
+    fixed, moving = (read_image(h, max_memory=limit) for h in headers)
     if cfg.resample:
         fixed, moving = (
             conform_to_shape(v, cfg.expected_shape) if v.shape != cfg.expected_shape else v for v in (fixed, moving)
         )
-    if fixed.shape != moving.shape:
-        raise CaioInputError(f"{pair.moving}: shape {moving.shape} differs from fixed {pair.fixed} {fixed.shape}")
-    return fixed, moving
+    notes = [f"{h.path.name}: affine ignored ({h.geometry_problem})" for h in headers if h.geometry_problem]
+    return PairVolumes(fixed, moving, notes)
 
 
 def register_tensors(

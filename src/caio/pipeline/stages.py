@@ -22,15 +22,16 @@ import torch
 from caio.backbone.vfa import predict_displacement
 from caio.contrast.brainid import BrainIDDeadlineError, synthesize_t1
 from caio.contrast.gate import GateConfig, decide
-from caio.contrast.mind import mind_ssc
 from caio.device import is_oom
 from caio.engine import register as engine_register
-from caio.engine.api import similarity_for_contrast
+from caio.engine.multiresolution import similarity_for_contrast
 from caio.io import Pair
 from caio.pipeline.config import PipelineConfig, estimated_seconds
 from caio.pipeline.models import Models
 from caio.pipeline.trace import PairTrace
-from caio.refine.cascade import CascadeConfig, refine
+from caio.refine.cascade import refine
+from caio.refine.settings import CascadeConfig
+from caio.similarity.mind import mind_ssc
 
 log = logging.getLogger("caio.pipeline")
 
@@ -95,7 +96,7 @@ def plan_pair(
     backbone = "vfa" if vfa else "engine"
     refine_to = refine_mode
     if refine_mode == "auto":
-        # after the engine the cascade (random initialisation) lowered Dice on a GPU too: README, "GPU"
+        # after the engine the cascade (random initialisation) lowered Dice on a GPU too: docs/measurements.md, "GPU"
         refine_to = ("cascade" if gpu else "engine") if vfa else "none"
     if refine_to == "engine" and backbone == "engine":
         refine_to = "none"
@@ -126,7 +127,7 @@ def run_gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: Pipelin
     """(score, cross_contrast, forced, ambiguous); a failing gate leaves the decision to the modality codes.
 
     ``cfg.gate`` forces the decision. Otherwise a pair whose modality codes differ is
-    cross-contrast whatever the score (notes/gate_calibration.md: T1-vs-FLAIR scores overlap
+    cross-contrast whatever the score (docs/gate_calibration.md: T1-vs-FLAIR scores overlap
     T1-T1 ones).
     """
     start = time.monotonic()
@@ -266,7 +267,8 @@ def run_cascade(
         log.warning("cascade ran no step before the deadline (budget too short?)")
         trace.record("cascade", "skipped", seconds, "cascade ran 0 steps (budget too short)")
         return None
-    trace.record("cascade", "ran", seconds, f"{report.steps} steps", iterations=report.steps)
+    losses = dict(loss_start=report.losses[0], loss_best=min(report.losses), best_step=report.best_step)
+    trace.record("cascade", "ran", seconds, f"{report.steps} steps", iterations=report.steps, **losses)
     return disp.float()
 
 

@@ -31,94 +31,26 @@ array axis ``c``, ``warped(x) = moving(x + disp(x))``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from caio import spatial
-from caio.contrast.mind import normalize_intensity
 from caio.device import autocast
-from caio.optim import Adam
-from caio.refine.losses import diffusion, lncc_loss
+from caio.refine.adam import Adam
+from caio.refine.losses import diffusion
 from caio.refine.networks import build_cascade, load_weights
+from caio.refine.settings import CascadeConfig
+from caio.similarity.lncc import lncc_loss
+from caio.similarity.mind import normalize_intensity
 
 log = logging.getLogger(__name__)
-
-COMPOSITIONS = ("compositional", "additive")
-
-
-@dataclass(frozen=True)
-class CascadeConfig:
-    """Settings of :func:`refine` (and of ``caio pretrain``).
-
-    Attributes:
-        steps: Adam steps (one step = forward through all stages + one update), count.
-        lr: Adam learning rate after warm-up (per step, on the network weights).
-        warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr``
-            over this many steps (0: no warm-up).
-        stage_factors: per stage, how many times coarser than the image the stage grid is
-            (1 = image grid); the number of entries is the number of stages.
-        residual_scales: per stage, factor applied to the network output (stage-grid voxels).
-        base_channels: channels of the first U-Net level.
-        depth: U-Net resolution levels.
-        field_input: give each network the current field (3 extra input channels, in voxels of
-            the stage grid times ``field_input_scale``).
-        field_input_scale: factor on the field before it enters a network (1/voxels).
-        composition: ``"compositional"`` or ``"additive"`` combination of the residuals.
-        lncc_sigma: Gaussian LNCC window sigma, in voxels of each stage grid.
-        lncc_eps: lower bound of LNCC local variances (normalised intensity^2).
-        diffusion_weight: weight of the diffusion penalty of the final cascade field
-            (stage-grid voxels^2 per voxel^2) against the LNCC loss (range [0, 2]).
-        head_std: std of the output convolutions' initial weights (small: field ~ input field).
-        amp: run the networks under bfloat16 autocast on CUDA (losses stay float32).
-    """
-
-    steps: int = 50
-    lr: float = 5e-4
-    warmup_steps: int = 10
-    stage_factors: tuple[int, ...] = (4, 2, 2)
-    residual_scales: tuple[float, ...] = (1.0, 1.0, 0.05)
-    base_channels: int = 32
-    depth: int = 3
-    field_input: bool = True
-    field_input_scale: float = 0.1
-    composition: str = "compositional"
-    lncc_sigma: float = 1.5
-    lncc_eps: float = 1e-4
-    diffusion_weight: float = 1.0
-    head_std: float = 1e-5
-    amp: bool = True
-
-    def __post_init__(self) -> None:
-        if self.composition not in COMPOSITIONS:
-            raise ValueError(f"composition must be one of {COMPOSITIONS}, got {self.composition!r}")
-        if len(self.stage_factors) != len(self.residual_scales) or not self.stage_factors:
-            raise ValueError("stage_factors and residual_scales need the same, non-zero length")
-        if any(int(f) < 1 for f in self.stage_factors):
-            raise ValueError(f"stage_factors must be >= 1, got {self.stage_factors}")
-
-    @classmethod
-    def for_cpu(cls, **overrides) -> CascadeConfig:
-        """Coarser stages (1/8, 1/4, 1/4) for CPU runs: at 160x224x192 about 4 CPU-s per step and
-        1.3 GiB peak RSS instead of about 26 CPU-s and 4.2 GiB with the default 1/4, 1/2, 1/2."""
-        return dataclasses.replace(cls(stage_factors=(8, 4, 4)), **overrides)
-
-    @property
-    def arch(self) -> dict:
-        """What the weights depend on (stored in and checked against weights files)."""
-        return {
-            "n_stages": len(self.stage_factors),
-            "in_channels": 2 + 3 * int(self.field_input),
-            "base_channels": self.base_channels,
-            "depth": self.depth,
-        }
 
 
 @dataclass
@@ -342,6 +274,35 @@ def refine(
     finalize(init_disp, torch.zeros((1, 3, *inputs.shapes[-1]), device=device), cfg)
     reserve = 1.5 * (time.monotonic() - t0) + 0.005
 
+    best_loss, best_field = _optimise(nets, inputs, cfg, remaining, reserve, report)
+    disp = finalize(init_disp, best_field, cfg)
+    report.seconds = time.monotonic() - t_start
+    log.info(
+        "cascade: %d steps in %.1fs, loss %.4f -> best %.4f (step %d)%s",
+        report.steps,
+        report.seconds,
+        report.losses[0] if report.losses else math.nan,
+        best_loss,
+        report.best_step,
+        ", stopped by deadline" if report.stopped_by_deadline else "",
+    )
+    return disp, report
+
+
+def _optimise(
+    nets: nn.ModuleList,
+    inputs: StageInputs,
+    cfg: CascadeConfig,
+    remaining: Callable[[], float],
+    reserve: float,
+    report: RefineReport,
+) -> tuple[float, torch.Tensor | None]:
+    """Adam steps on the cascade's weights until ``cfg.steps`` or the deadline; ``(best loss, its field)``.
+
+    A step starts only if its forward and backward passes (predicted from the slowest recent ones, with a 10 %
+    margin) end ``reserve`` seconds before the deadline; the first forward pass is aborted between stages if it
+    would not. ``report`` receives the losses, steps and best step.
+    """
     optimizer = Adam(nets.parameters(), lr=cfg.lr)
     best_loss, best_field = math.inf, None
     fwd_time = bwd_time = None
@@ -373,20 +334,4 @@ def refine(
         t2 = time.monotonic()
         fwd_time = t1 - t0 if fwd_time is None else max(0.7 * fwd_time + 0.3 * (t1 - t0), t1 - t0)
         bwd_time = t2 - t1 if bwd_time is None else max(0.7 * bwd_time + 0.3 * (t2 - t1), t2 - t1)
-    disp = finalize(init_disp, best_field, cfg)
-    report.seconds = time.monotonic() - t_start
-    log.info(
-        "cascade: %d steps in %.1fs, loss %.4f -> best %.4f (step %d)%s",
-        report.steps,
-        report.seconds,
-        report.losses[0] if report.losses else math.nan,
-        best_loss,
-        report.best_step,
-        ", stopped by deadline" if report.stopped_by_deadline else "",
-    )
-    return disp, report
-
-
-def config_to_dict(cfg: CascadeConfig) -> dict:
-    """Plain dict of a config (tuples as lists) for weights files and JSON."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    return best_loss, best_field

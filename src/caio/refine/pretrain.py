@@ -25,9 +25,10 @@ import torch
 from caio import io
 from caio.errors import CaioInputError
 from caio.io.atomic import replace_atomically
-from caio.optim import Adam
-from caio.refine.cascade import CascadeConfig, cascade_forward, config_to_dict, prepare_inputs
+from caio.refine.adam import Adam
+from caio.refine.cascade import cascade_forward, prepare_inputs
 from caio.refine.networks import build_cascade
+from caio.refine.settings import CascadeConfig, config_to_dict
 from caio.weights.checkpoints import load_checkpoint, load_into
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 TORCH_MIN_VERSION: tuple[int, int] = (2, 5)
 """Oldest torch the loaders work with: ``torch.serialization.safe_globals`` (the context manager
 :func:`load_checkpoint` allow-lists pickled classes with) first appeared in torch 2.5. The lower
-bound of ``torch`` in ``pyproject.toml`` must not be below it (``tests/test_weights.py`` checks)."""
+bound of ``torch`` in ``pyproject.toml`` must not be below it (``tests/weights/test_weights.py`` checks)."""
 
 STATE_DICT_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "model_state")
 """Keys under which the distributed checkpoints keep their weights (VFA 2025, VFA 2024, Brain-ID, caio)."""

@@ -12,16 +12,14 @@ import importlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
-from caio.backbone.vfa import load_vfa
-from caio.contrast.brainid import load_brainid
 from caio.errors import CaioInputError
 from caio.io.atomic import replace_atomically
 from caio.weights.manifest import (
-    WeightEntry,
     default_weights_dir,
     load_manifest,
     manifest_path,
@@ -117,28 +115,8 @@ def fetch(name: str, dest: Path | None = None, downloader: Downloader | None = N
             continue
         if entry.sha256 is None:
             side = final.with_name(final.name + ".sha256")
-            replace_atomically(side, lambda tmp: tmp.write_text(f"{seen[0]}  {final.name}\n"))
+            replace_atomically(side, lambda tmp, digest=seen[0]: tmp.write_text(f"{digest}  {final.name}\n"))
             log.warning("%s: no sha256 in the manifest; recorded %s in %s", final, seen[0], side)
         log.info("fetched %s -> %s (sha256 %s)", entry.name, final, seen[0])
         return final
     raise CaioInputError(f"{entry.name}: download failed ({'; '.join(errors)})")
-
-
-LOADERS: dict[str, Callable[[Path, str], object]] = {"vfa": load_vfa, "brainid": load_brainid}
-"""``architecture`` -> ``loader(path, device)`` used by :func:`check_loadable`."""
-
-
-def check_loadable(entry: WeightEntry, path: Path) -> str | None:
-    """Load ``path`` with its architecture's loader on the CPU (strict keys and shapes).
-
-    Returns:
-        None when it loads (or no loader is known/importable), else the one-line reason.
-    """
-    if entry.architecture not in LOADERS:
-        return None
-    load = LOADERS[entry.architecture]
-    try:
-        load(path, "cpu")
-    except Exception as err:  # any failure makes the file unusable for the pipeline
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
-    return None

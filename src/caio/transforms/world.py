@@ -1,0 +1,147 @@
+"""Voxel grids in millimetres: pyramid levels, world points, centres of mass and principal axes.
+
+A grid is a shape ``(D0, D1, D2)`` and a 4x4 voxel-to-world affine (NIfTI, RAS mm). A coarser level over the same
+field of view keeps the corner voxels (``align_corners``, :func:`caio.spatial.scaled_shape`), so its affine is the
+original one times ``diag(s0, s1, s2, 1)`` with ``s_k = (n_old - 1) / (n_new - 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from caio import spatial
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An image on its voxel grid: ``image`` ``[1, C, D0, D1, D2]``, ``affine`` 4x4 voxel -> world (mm)."""
+
+    image: torch.Tensor
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.image.shape[2:])  # type: ignore[return-value]
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis (norms of the affine's columns)."""
+    return np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+
+
+def level_shape(shape: Sequence[int], affine: np.ndarray, spacing_mm: float, minimum: int = 8) -> tuple[int, ...]:
+    """Shape of the grid over the same field of view with voxels of about ``spacing_mm`` (never finer than
+    the original, at least ``minimum`` voxels per axis unless the original has fewer)."""
+    sizes = voxel_sizes(affine)
+    out = []
+    for n, size in zip(shape, sizes):
+        factor = max(1.0, spacing_mm / size)
+        out.append(min(n, max(minimum, int(round((n - 1) / factor)) + 1)))
+    return tuple(out)
+
+
+def level_affine(affine: np.ndarray, old_shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """Voxel-to-world affine of ``new_shape`` over the field of view of ``old_shape`` (corners kept)."""
+    scale = spatial.grid_scale(old_shape, new_shape)  # new voxel -> old voxel
+    return np.asarray(affine, np.float64) @ np.diag([*scale, 1.0])
+
+
+def downsample(grid: Grid, spacing_mm: float, minimum: int = 8) -> Grid:
+    """``grid`` resampled (anti-aliased) to voxels of about ``spacing_mm``."""
+    shape = level_shape(grid.shape, grid.affine, spacing_mm, minimum)
+    image = spatial.resize_image(grid.image, shape)
+    return Grid(image, level_affine(grid.affine, grid.shape, shape))
+
+
+def along_axes_of(grid: Grid, weight: torch.Tensor, reference_affine: np.ndarray) -> tuple[Grid, torch.Tensor]:
+    """``grid`` (and its ``weight``) resampled onto a grid with the axes and voxel size of ``reference_affine``
+    that covers ``grid``'s field of view: descriptors tied to array axes (MIND-SSC) then mean the same
+    directions in both images, whatever the orientations stored in the headers."""
+    reference_affine = np.asarray(reference_affine, np.float64)
+    corners = grid_corners(grid.shape, grid.affine)
+    index = apply_matrix(np.linalg.inv(reference_affine), corners)
+    low, high = np.floor(index.min(axis=0)), np.ceil(index.max(axis=0))
+    shape = tuple(int(n) for n in (high - low + 1))
+    affine = reference_affine.copy()
+    affine[:3, 3] = reference_affine[:3, :3] @ low + reference_affine[:3, 3]
+    voxel = np.linalg.inv(grid.affine) @ affine
+    coords = torch.einsum(
+        "ij,bjxyz->bixyz", torch.from_numpy(voxel[:3, :3]).float(), spatial.identity_grid(shape)
+    ) + torch.from_numpy(voxel[:3, 3]).float().view(1, 3, 1, 1, 1)
+    image = spatial.sample(grid.image, coords, padding_mode="zeros")
+    return Grid(image, affine), spatial.sample(weight, coords, padding_mode="zeros")
+
+
+def crop_to_content(grid: Grid, weight: torch.Tensor, margin: int) -> tuple[Grid, torch.Tensor]:
+    """``grid`` and ``weight`` cut to the bounding box of the voxels where both are non-zero, plus ``margin``
+    voxels (the affine follows): the empty background of a skull-stripped image costs no similarity work."""
+    content = (grid.image[0].abs().sum(dim=0) > 0) & (weight[0, 0] > 0)
+    if not bool(content.any()):
+        return grid, weight
+    index = torch.nonzero(content)
+    low = (index.min(dim=0).values - margin).clamp_min(0).tolist()
+    high = [min(int(h) + margin + 1, n) for h, n in zip(index.max(dim=0).values, grid.shape)]
+    box = (..., *(slice(lo, hi) for lo, hi in zip(low, high)))
+    affine = np.asarray(grid.affine, np.float64).copy()
+    affine[:3, 3] = affine[:3, :3] @ np.asarray(low, np.float64) + affine[:3, 3]
+    return Grid(grid.image[box].contiguous(), affine), weight[box].contiguous()
+
+
+def world_points(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` float64 world coordinates (mm) of every voxel, C order."""
+    index = spatial.identity_grid_np(shape).reshape(3, -1)
+    affine = np.asarray(affine, np.float64)
+    return (affine[:3, :3] @ index + affine[:3, 3:4]).T
+
+
+def centre_of_mass(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centre (mm) of a non-negative image (negative values count as 0); the grid's
+    centre when the image is empty."""
+    weight = np.clip(np.asarray(image, np.float64), 0, None).reshape(-1)
+    points = world_points(image.shape, affine)
+    if weight.sum() <= 0:
+        return points.mean(axis=0)
+    return (weight[:, None] * points).sum(axis=0) / weight.sum()
+
+
+def principal_axes(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``3x3`` matrix whose columns are the eigenvectors of the intensity-weighted covariance of the world
+    coordinates (mm), largest eigenvalue first; a right-handed basis."""
+    weight = np.clip(np.asarray(image, np.float64), 0, None).reshape(-1)
+    points = world_points(image.shape, affine)
+    total = max(weight.sum(), 1e-12)
+    centred = points - (weight[:, None] * points).sum(axis=0) / total
+    cov = (centred * weight[:, None]).T @ centred / total
+    values, vectors = np.linalg.eigh(cov)
+    vectors = vectors[:, ::-1]
+    if np.linalg.det(vectors) < 0:
+        vectors[:, 2] *= -1
+    return vectors
+
+
+def axis_sign_flips() -> list[np.ndarray]:
+    """The four proper sign changes of a basis (eigenvector signs are arbitrary)."""
+    return [np.diag(s) for s in ([1, 1, 1], [-1, -1, 1], [-1, 1, -1], [1, -1, -1])]
+
+
+def grid_corners(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """``(8, 3)`` world coordinates (mm) of the corner voxels of a grid."""
+    index = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    affine = np.asarray(affine, np.float64)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` points through a 4x4 matrix."""
+    matrix = np.asarray(matrix, np.float64)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def corner_error_mm(estimate: np.ndarray, truth: np.ndarray, shape: Sequence[int], affine: np.ndarray) -> float:
+    """Mean distance (mm) between where two world transforms send the 8 corners of a grid (``shape``, ``affine``)."""
+    corners = grid_corners(shape, affine)
+    return float(np.linalg.norm(apply_matrix(estimate, corners) - apply_matrix(truth, corners), axis=1).mean())
