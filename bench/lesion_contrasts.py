@@ -39,11 +39,13 @@ from bench.common import (
     OUT,
     add_out_argument,
     add_threads_argument,
+    keep_row,
     markdown_header,
     markdown_row,
     run_worker,
     save_nifti,
     stamped,
+    write_table,
 )
 
 LESION_DATA = DATA / "brainlesion_multicontrast"
@@ -224,13 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases:
                 if (case.name, method, label(method, config, args.similarity)) in have:
                     continue
-                rows.append(rows_for(case, method, args, config))
-                print(json.dumps(rows[-1]), flush=True)
-                base.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    text = table(rows)
+                keep_row(base, rows, rows_for(case, method, args, config))
     base.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    base.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    write_table(base, table(rows) + "\n")
     return 0
 
 
