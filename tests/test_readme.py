@@ -128,3 +128,48 @@ def test_broken_links_finds_a_missing_file_and_a_missing_heading(tmp_path: Path)
     page = tmp_path / "page.md"
     page.write_text("# Title\n\n## A section\n\n[ok](#a-section) [gone](missing.md) [bad](#no-section)\n")
     assert broken_links(page) == ["missing.md (no such file)", "#no-section (no such heading)"]
+
+
+def readme_caio_commands(text: str) -> list[list[str]]:
+    """``caio <command> ...`` lines of the README's code blocks (continuations joined; ``[...]`` optional parts and
+    ``$(...)`` substitutions read as one value), as argument lists after ``caio``."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = re.sub(r"\$\(.*\)", "1", line.split("  #")[0])  # a value; to the last ")": substitutions nest
+            while re.search(r"\[[^\[\]]*\]", line):
+                line = re.sub(r"\[[^\[\]]*\]", "", line)
+            argv = shlex.split(line)
+            if argv[:1] == ["caio"] and len(argv) > 1:
+                commands.append(argv[1:])
+    return commands
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser ``caio <name>`` builds (its module's ``add_arguments``), raising instead of exiting."""
+    import importlib
+
+    from caio.cli import COMMANDS
+
+    parser = argparse.ArgumentParser(prog=f"caio {name}", exit_on_error=False)
+    importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
+    return parser
+
+
+def test_every_caio_command_in_the_readme_parses_with_that_commands_flags():
+    commands = readme_caio_commands(README.read_text(encoding="utf-8"))
+    assert {argv[0] for argv in commands} >= {"register", "warp", "evaluate"}, commands
+    for name, *rest in commands:
+        try:
+            command_parser(name).parse_args(rest)
+        except (SystemExit, argparse.ArgumentError) as err:
+            raise AssertionError(f"README: `caio {name} {' '.join(rest)}` does not parse: {err}") from err
+
+
+def test_readme_command_check_catches_an_unknown_flag():
+    block = "```bash\ncaio warp --disp d.nii.gz --moving m.nii.gz -o w.nii.gz [--x] --nope\n```\n"
+    (argv,) = readme_caio_commands(block)
+    assert argv == ["warp", "--disp", "d.nii.gz", "--moving", "m.nii.gz", "-o", "w.nii.gz", "--nope"]
+    with pytest.raises((SystemExit, argparse.ArgumentError)):
+        command_parser(argv[0]).parse_args(argv[1:])
