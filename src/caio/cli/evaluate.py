@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--landmarks-dir", default=None, help="folder of landmark images (default: images -> landmarks)"
     )
     parser.add_argument(
+        "--labels-as-landmarks",
+        action="store_true",
+        help="without landmark files, TRE between the centroids of each label region (fixed vs warped moving)",
+    )
+    parser.add_argument(
         "--pairs-key",
         action="append",
         default=None,
@@ -113,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         labels=parse_labels(args.labels),
         expected_shape=args.shape,
         pairs_keys=args.pairs_key,
+        labels_as_landmarks=args.labels_as_landmarks,
     )
     print(format_table(rows, aggregates))
     if args.output is not None:

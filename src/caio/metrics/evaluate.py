@@ -33,6 +33,7 @@ from scipy import ndimage
 from caio import io, spatial
 from caio.errors import CaioInputError
 from caio.metrics import ndv
+from caio.metrics.landmarks import label_landmarks, landmark_tre
 from caio.metrics.surface_distance import hd95 as surface_hd95
 
 log = logging.getLogger(__name__)
@@ -154,18 +155,6 @@ def dice_and_hd95(
         dice.append(2.0 * int((f & w).sum()) / total if total else 0.0)
         hd.append(surface_hd95(f, w))
     return dice, hd
-
-
-def _centroid(landmarks: np.ndarray, landmark_id: int) -> np.ndarray:
-    points = np.argwhere(landmarks == landmark_id)
-    return points.mean(axis=0) if len(points) else np.full(3, np.nan)
-
-
-def landmark_tre(fixed_landmarks: np.ndarray, warped_landmarks: np.ndarray) -> tuple[list[int], list[float]]:
-    """Centroid distance (voxels) per landmark id = each non-zero value of the fixed image."""
-    ids = [int(i) for i in np.unique(fixed_landmarks) if i != 0]
-    distances = [float(np.linalg.norm(_centroid(fixed_landmarks, i) - _centroid(warped_landmarks, i))) for i in ids]
-    return ids, distances
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -295,6 +284,16 @@ def _read_optional_pair(pair: io.Pair, kind: str, root: Path, folder, shape) -> 
     return fixed, io.read_volume(paths[1], expected_shape=None)
 
 
+def _pair_metrics(pair, disp, root, shape, labels, labels_dir, landmarks_dir, labels_as_landmarks) -> PairMetrics:
+    """:func:`evaluate_pair` of one pair of :func:`evaluate_folder`, its ground truth read from the data root."""
+    fixed_image = io.read_volume(pair.fixed, expected_shape=shape)
+    fixed_labels, moving_labels = _read_optional_pair(pair, "labels", root, labels_dir, shape)
+    fixed_lm, moving_lm = _read_optional_pair(pair, "landmarks", root, landmarks_dir, shape)
+    if labels_as_landmarks and fixed_lm is None and fixed_labels is not None and moving_labels is not None:
+        fixed_lm, moving_lm = (label_landmarks(m, labels) for m in (fixed_labels, moving_labels))
+    return evaluate_pair(fixed_labels, moving_labels, disp, fixed_image, fixed_lm, moving_lm, labels)
+
+
 def evaluate_folder(
     json_path: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -304,11 +303,15 @@ def evaluate_folder(
     labels: Sequence[int] | None = None,
     expected_shape: Sequence[int] | None = None,
     pairs_keys: Sequence[str] | None = None,
+    labels_as_landmarks: bool = False,
 ) -> tuple[list[dict], dict]:
     """Evaluate every pair of a dataset JSON against the displacement files in ``disp_dir``.
 
     Label maps are found by replacing ``images`` with ``labels`` in the JSON image path (as the
     evaluator does), landmarks with ``landmarks``; ``labels_dir``/``landmarks_dir`` override that.
+    ``labels_as_landmarks``: where a pair has no landmark files, its label maps' regions (``labels``) are the
+    landmarks, so TRE is the mean distance between each region's centroid in the fixed and the warped map
+    (:func:`label_landmarks`; voxels, i.e. mm on LUMIR's 1 mm grid).
     A pair without both files skips those metrics. ``labels`` and ``expected_shape`` default to
     the JSON's ``evaluation_methods``/``expected_shape`` (official config format), else to
     :data:`LUMIR_LABELS` / :data:`caio.io.LUMIR_SHAPE`.
@@ -354,10 +357,7 @@ def evaluate_folder(
             log.debug("%s: %s", pair.key, err)  # in its row, and in the command's one error line
             rows.append(row)
             continue
-        fixed_image = io.read_volume(pair.fixed, expected_shape=shape)
-        fixed_labels, moving_labels = _read_optional_pair(pair, "labels", root, labels_dir, shape)
-        fixed_lm, moving_lm = _read_optional_pair(pair, "landmarks", root, landmarks_dir, shape)
-        metrics = evaluate_pair(fixed_labels, moving_labels, disp, fixed_image, fixed_lm, moving_lm, labels)
+        metrics = _pair_metrics(pair, disp, root, shape, labels, labels_dir, landmarks_dir, labels_as_landmarks)
         row.update(
             dice=metrics.dice,
             hd95=metrics.hd95,
