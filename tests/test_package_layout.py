@@ -185,3 +185,13 @@ def test_no_function_exceeds_80_lines():
 def test_a_long_function_is_detected(tmp_path):
     (tmp_path / "m.py").write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
     assert _long_functions(tmp_path) == [f"{tmp_path.name}/m.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_every_numba_kernel_lives_in_caio_kernels():
+    """The warm-up test lists the kernels from caio.kernels' modules: a kernel elsewhere would escape it."""
+    outside = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "kernels" not in path.relative_to(PACKAGE).parts and "njit" in path.read_text()
+    ]
+    assert not outside, f"numba kernels outside caio.kernels: {outside}"

@@ -234,16 +234,18 @@ def test_the_remapped_level_fits_the_configured_statistic_of_the_intensity_map()
 
 
 _AFTER_WARM_UP = """
-import dataclasses, json, sys, time
+import dataclasses, json, time
 import torch
 from numba.core.dispatcher import Dispatcher
 from helpers.engine_cases import real_slab, smooth_random
 from caio import spatial
 from caio.engine import EngineConfig, register, warm_up
+from caio.kernels import fields, filters, mind
+from caio.kernels import similarity as fused  # every numba kernel of caio lives in caio.kernels
 
 
-def loaded():  # compiled or cache-loaded signatures of every numba kernel of caio imported so far
-    kernels = [(n, a, o) for n, m in list(sys.modules.items()) if n.startswith("caio") for a, o in vars(m).items()
+def loaded():  # compiled or cache-loaded signatures of every numba kernel of caio
+    kernels = [(m.__name__, a, o) for m in (fields, filters, mind, fused) for a, o in vars(m).items()
                if isinstance(o, Dispatcher)]
     return {f"{n}.{a}": len(o.signatures) for n, a, o in kernels}
 
