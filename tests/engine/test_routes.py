@@ -47,15 +47,19 @@ def test_cross_contrast_similarities_start_on_the_remap_route(similarity):
 def test_cross_keeps_remapping_when_the_map_explains_enough_of_the_fixed_image():
     cfg = EngineConfig(remap_min_explained=0.34)
     lead = first_route("cross", cfg)
-    assert route_after_lead("cross", cfg, 0.5, mind_fits=True, lead=lead) is lead
-    assert route_after_lead("cross", cfg, 0.2, mind_fits=True, lead=lead).name == "mind"
+
+    def unasked() -> bool:
+        raise AssertionError("the descriptors' time is asked only when MIND-SSC is the choice")
+
+    assert route_after_lead("cross", cfg, 0.5, mind_fits=unasked, lead=lead) is lead
+    assert route_after_lead("cross", cfg, 0.2, mind_fits=lambda: True, lead=lead).name == "mind"
 
 
 def test_mind_is_chosen_whatever_the_map_explains_and_squared_lncc_goes_on_when_it_does_not_fit():
     cfg = EngineConfig()
     lead = first_route("mind", cfg)
-    assert route_after_lead("mind", cfg, 0.9, mind_fits=True, lead=lead).name == "mind"
-    fallback = route_after_lead("mind", cfg, None, mind_fits=False, lead=lead)
+    assert route_after_lead("mind", cfg, 0.9, mind_fits=lambda: True, lead=lead).name == "mind"
+    fallback = route_after_lead("mind", cfg, None, mind_fits=lambda: False, lead=lead)
     assert fallback.name == "lncc2" and fallback.factors == lead.factors
     assert {fallback.similarity(i) for i in range(len(fallback.factors))} == {"lncc2"}
 

@@ -152,9 +152,7 @@ def _run_lead_then_choose(runner: LevelRunner, kind: str) -> None:
         full = spatial.resize_displacement(runner.disp, tuple(runner.fixed.shape[2:]))
         warped = spatial.warp(runner.moving, full)
         runner.trace.explained = explained_variance(runner.fixed, warped, runner.cfg.remap_bins)
-    explained = runner.trace.explained
-    keeps_remapping = kind == "cross" and explained >= runner.cfg.remap_min_explained
-    chosen = route_after_lead(kind, runner.cfg, explained, not keeps_remapping and runner.mind_fits(), lead)
+    chosen = route_after_lead(kind, runner.cfg, runner.trace.explained, runner.mind_fits, lead)
     if chosen.name == "mind":
         runner.start_route(chosen)
         runner.run_levels()

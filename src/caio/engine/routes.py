@@ -17,6 +17,7 @@ seconds at 1 mm), and then choose their route (:func:`route_after_lead`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from caio.engine.settings import EngineConfig
@@ -75,14 +76,14 @@ def first_route(similarity: str, cfg: EngineConfig) -> Route:
 
 
 def route_after_lead(
-    similarity: str, cfg: EngineConfig, explained: float | None, mind_fits: bool, lead: Route
+    similarity: str, cfg: EngineConfig, explained: float | None, mind_fits: Callable[[], bool], lead: Route
 ) -> Route:
     """Where ``"cross"`` and ``"mind"`` go after the lead level.
 
     ``"cross"`` keeps remapping when the intensity map explains at least ``cfg.remap_min_explained`` of the fixed
     image's variance (``explained``); otherwise, and always for ``"mind"``, it switches to the ``"mind"`` route if
-    the descriptors and a few iterations fit before the deadline (``mind_fits``: they cannot be interrupted),
-    else it goes on along the lead's pyramid with squared LNCC.
+    the descriptors and a few iterations fit before the deadline (``mind_fits()``, asked only then: they cannot be
+    interrupted), else it goes on along the lead's pyramid with squared LNCC.
 
     Returns:
         The route to run next: the ``"mind"`` route (from its first level) or ``lead``'s pyramid as ``"remap"``
@@ -90,6 +91,6 @@ def route_after_lead(
     """
     if similarity == "cross" and explained is not None and explained >= cfg.remap_min_explained:
         return lead
-    if mind_fits:
+    if mind_fits():
         return route_for("mind", cfg)
     return Route("lncc2", lead.factors, lead.iterations)
