@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
         print(
             f"pair {index} {'cross' if cross else 'same '} {similarity} zero {zero:.4f} dice {score:.4f} "
             f"t {seconds:.1f}s fold% {folding:.4f} it {[level.done for level in trace.levels]} "
-            f"s {[round(level.seconds, 2) for level in trace.levels]}",
+            f"s {[round(level.seconds, 2) for level in trace.levels]} safeguard {len(trace.safeguard)}",
             flush=True,
         )
     for cross in (False, True):

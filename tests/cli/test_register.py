@@ -168,3 +168,28 @@ def test_python_dash_m_caio_register_help_runs():
         [sys.executable, "-m", "caio", "register", "--help"], capture_output=True, text=True, env=env, timeout=120
     )
     assert result.returncode == 0 and "Examples:" in result.stdout and "fixed grid" in result.stdout
+
+
+def test_register_flags_a_result_the_safeguard_undid_with_exit_status_1(tmp_path, capsys):
+    """LNCC forced on an inverted contrast pulls edges onto the wrong edges: the safeguard keeps the start, the
+    field is still written, the reason goes to stderr and the exit status is 1 (not a silent 0)."""
+    fixed = smooth_image((48, 52, 44), seed=3)  # levels on grids under 24 voxels a side are not checked
+    inverted = np.where(fixed > 0, 256.0 - np.roll(fixed, SHIFT, axis=1), 0.0).astype(np.float32)
+    for name, array in (("fixed", fixed), ("moving", inverted)):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    out = tmp_path / "disp.nii.gz"
+    argv = ["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "-o", str(out)]
+    code = cli.main([*argv, "--similarity", "lncc", "--affine", "none", "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and out.is_file()
+    assert "caio register: flagged: level 1/" in err and "lncc lowered MIND-SSC agreement" in err
+
+
+def test_register_lesions_runs_mind_ssc_with_the_lesion_settings(registered, tmp_path, capsys):
+    folder = registered[0]
+    out = tmp_path / "disp.nii.gz"
+    argv = ["register", str(folder / "fixed.mgz"), str(folder / "moving.nii.gz"), "-o", str(out), "--lesions"]
+    code = cli.main([*argv, "--affine", "none", "--device", "cpu", "--threads", "1"])
+    line = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "similarity=mind" in line  # --lesions with --similarity auto: MIND-SSC, not the gate's choice

@@ -1,7 +1,10 @@
 """How the small files in tests/data were derived from ../shared/data (run once; see README.md here).
 
-python tests/data/derive.py ../shared/data            # every file
-python tests/data/derive.py ../shared/data oasis_t1   # only the OASIS T1 subjects of tests/helpers/pipeline_data.py
+From the repository root (the lesion crop reads ``bench/``)::
+
+    PYTHONPATH=. python tests/data/derive.py ../shared/data            # every file
+    PYTHONPATH=. python tests/data/derive.py ../shared/data oasis_t1   # the OASIS T1 subjects only
+    PYTHONPATH=. python tests/data/derive.py ../shared/data lesion     # the brain-tumour patient's crop only
 """
 
 from __future__ import annotations
@@ -71,10 +74,39 @@ def oasis_t1(data: Path) -> None:
     np.savez_compressed(OUT / "oasis_t1_40x56x48.npz", **small)
 
 
+LESION_PATIENT = "brats_gli_00001"
+LESION_BLOCK = 3
+
+
+def lesion_crop(data: Path) -> None:
+    """Real T1, T2 and FLAIR of one brain-tumour patient (co-registered, skull-stripped, 1 mm) for the engine's
+    lesion tests: cropped to the brain box (2 voxels of margin), block-averaged by 3 (3 mm voxels, about 50^3),
+    each divided by its brain's 99.5th percentile and scaled to [0, 255]; and the lesion mask (FLAIR
+    hyperintensity, :func:`bench.lesion_contrasts.lesion_mask` on the 1 mm FLAIR, block-averaged and > 0.5)."""
+    from bench.lesion_contrasts import lesion_mask
+
+    folder = data / "brainlesion_multicontrast" / LESION_PATIENT
+    images = {c: np.asarray(nib.load(str(folder / f"{c}.nii.gz")).dataobj, np.float32) for c in ("t1", "t2", "flair")}
+    brain = np.logical_and.reduce([image > 0 for image in images.values()])
+    box = tuple(slice(max(int(i.min()) - 2, 0), int(i.max()) + 3) for i in np.nonzero(brain))
+    brain = brain[box]
+    lesion = block_average(lesion_mask(images["flair"][box], brain).astype(np.float32), LESION_BLOCK) > 0.5
+    small = {"lesion": lesion.astype(np.uint8)}
+    for name, image in images.items():
+        image = np.where(brain, image[box], 0.0)
+        top = float(np.percentile(image[brain], 99.5))
+        small[name] = block_average(np.clip(image * (255.0 / top), 0, 255), LESION_BLOCK)
+    np.savez_compressed(OUT / "brats_lesion_t1_t2_flair_3mm.npz", **small)
+
+
 def main(data: Path, only: str | None = None) -> None:
+    if only == "lesion":
+        lesion_crop(data)
+        return
     oasis_t1(data)
     if only == "oasis_t1":
         return
+    lesion_crop(data)
 
     # LapIRN OASIS pair, [0, 1] -> [0, 255], resampled (anti-aliased) to 32x40x28
     pair = []

@@ -14,6 +14,7 @@ from caio.kernels import fields as ck
 from caio.kernels import filters as cf
 from caio.kernels import similarity as cs
 from caio.similarity.lncc import lncc_and_gradient
+from caio.similarity.ssd import ssd_and_gradient
 from caio.similarity.windows import box_sum
 
 # ------------------------------------------------------------------ kernels against the reference maths
@@ -88,24 +89,23 @@ def test_lncc_gradient_equals_autograd_in_float64(squared):
     assert torch.allclose(gradient, warped.grad, rtol=1e-9, atol=1e-15)
 
 
-@pytest.mark.parametrize("kind", ["lncc", "lncc2", "mind"])
+@pytest.mark.parametrize("kind", ["lncc", "lncc2", "mind", "robust mind"])
 def test_numba_similarity_field_matches_the_torch_path(kind):
     shape = (14, 16, 15)
+    robust = 0.3 if kind == "robust mind" else 0.0
+    kind = kind.removeprefix("robust ")
     channels = 12 if kind == "mind" else 1
     fixed = smooth_random(shape, channels, 1.0, 1.0, 7)
     moving = smooth_random(shape, channels, 1.0, 1.0, 8)
     u = smooth_random(shape, 3, 2.0, 1.5, 9)
-    sim, field = NumbaKernels(kind, 2, 1e-3).similarity_field(fixed, moving, u)
+    sim, field = NumbaKernels(kind, 2, 1e-3, robust=robust).similarity_field(fixed, moving, u)
     # reference: torch similarity gradient on the Numba-warped image, times the interpolant's gradient
     warped = np.empty((channels, *shape), np.float32)
     grad = np.empty((channels, 3, *shape), np.float32)
     ck.warp_with_gradient(moving[0].numpy(), u[0].numpy(), warped, grad)
     warped_t = torch.from_numpy(warped)[None]
     if kind == "mind":
-        ref_sim, ref_grad = (
-            -float((fixed - warped_t).square().sum(1).mean()),
-            2 * (fixed - warped_t) / fixed[0, 0].numel(),
-        )
+        ref_sim, ref_grad = ssd_and_gradient(fixed, warped_t, robust)
     else:
         ref_sim, ref_grad = lncc_and_gradient(fixed, warped_t, 2, 1e-3, squared=kind == "lncc2")
     reference = (ref_grad[0][:, None] * torch.from_numpy(grad)).sum(0)

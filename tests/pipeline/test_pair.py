@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.engine_cases import real_slab
 from helpers.pipeline_data import SHAPE, make_dataset
 
 from caio.backbone.vfa import VFA, VFAConfig
@@ -23,7 +24,7 @@ from caio.io import load_pairs, validate_displacement_file
 from caio.pipeline import Models, PairTrace, PipelineConfig, load_models, register_pair, run
 from caio.pipeline.config import DEFAULT_BUDGET_S, budget_for
 from caio.pipeline.pair import run_with_retries
-from caio.pipeline.stages import plan_pair, run_brainid
+from caio.pipeline.stages import plan_pair, run_brainid, run_engine
 
 CPU = torch.device("cpu")
 
@@ -239,3 +240,15 @@ def test_a_pair_keeps_two_seconds_and_a_margin_for_writing_a_lumir_field_not_thr
     assert write_reserve_s(60.0, (160, 224, 192)) == pytest.approx(2.0 + 1.8)
     assert write_reserve_s(2.0, (160, 224, 192)) == pytest.approx(1.0)  # at most half the budget
     assert write_reserve_s(10.0, (80, 112, 96)) == pytest.approx(0.25 + 0.3)
+
+
+def test_an_engine_result_the_safeguard_undid_makes_the_pair_degraded_with_the_reason():
+    """The engine step ran, but its safeguard kept the start (LNCC on an inverted contrast): the pair trace holds
+    a ``safeguard`` fallback record with the engine's note, so the pair is not ``ok``."""
+    fixed = real_slab(4)
+    inverted = torch.where(fixed > 0, 256.0 - fixed, torch.zeros_like(fixed))
+    trace = PairTrace(configured=("engine",))
+    disp = run_engine(fixed, inverted, "lncc", time.monotonic() + 60, trace)
+    assert disp is not None and trace.ran("engine")
+    (reason,) = trace.degraded_reasons()
+    assert reason.startswith("safeguard fallback: level 1/") and "lncc lowered MIND-SSC agreement" in reason

@@ -28,13 +28,19 @@ fixed`` brings the fixed image onto the moving one); the printed line gives its 
 image) enter the similarity, in the affine and the deformable step. A mask on another grid is resampled
 through its affine (nearest neighbour).
 
-One line goes to stdout: affine and deformable similarity, iterations, seconds, outputs.
+One line goes to stdout: affine and deformable similarity, iterations, seconds, outputs. Exit status 0, or 1 when
+the outputs were written but the engine distrusts them: the field returned is one its safeguard fell back to after
+a level made the pair worse by a criterion the level did not optimise (:mod:`caio.engine.safeguard`), or it left
+the gate's route; each reason goes to stderr as a ``flagged:`` line (a level undone and then bettered by finer
+levels is a ``safeguard:`` note, exit 0). With ``--similarity auto`` an LNCC level that leaves the pair worse than
+the start makes the engine register again with MIND-SSC from the start (the gate takes some FLAIR images for T1).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +61,7 @@ from caio.cli.options import (
     output_of,
 )
 from caio.device import resolve_device
-from caio.engine import register
+from caio.engine import EngineConfig, register
 from caio.engine.multiresolution import SIMILARITIES, resolve_similarity
 from caio.errors import CaioInputError
 from caio.io import image_data, load_image, resample_to_grid, same_grid, write_nifti_atomic
@@ -72,6 +78,7 @@ AFFINE_SHARE = 0.3
 EXAMPLES = examples(
     "caio register fixed.nii.gz moving.nii.gz -o disp.nii.gz",
     "caio register T1.mgz FLAIR.nii.gz -o disp.nii.gz --warped flair_on_t1.nii.gz --similarity mind",
+    "caio register T1_tumour.nii.gz FLAIR_tumour.nii.gz -o disp.nii.gz --lesions",
     "caio register f.nii.gz m.nii.gz -o d.nii.gz --itk-affine affine.mat --itk-warp warp.nii.gz",
     "  then: antsApplyTransforms -d 3 -i m.nii.gz -r f.nii.gz -t warp.nii.gz -t affine.mat -o w.nii.gz",
     "caio register f.nii.gz m.nii.gz -o d.nii.gz --fixed-mask brain.nii.gz --inverse-warp inv.nii.gz",
@@ -110,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (the contrast gate picks lncc or mind) | lncc (same contrast) | mind (cross contrast) | lncc2 | "
         "remap | cross (remap where the intensity map explains the fixed image, mind elsewhere)",
+    )
+    parser.add_argument(
+        "--lesions",
+        action="store_true",
+        help="the images hold pathology seen in one contrast only (tumour, oedema): robust MIND-SSC without "
+        "intensity remapping (EngineConfig.for_lesions); with --similarity auto it means --similarity mind",
     )
     add_budget(parser, help="seconds for the whole pair, reading included (default: no limit)")
     add_device(parser)
@@ -174,14 +187,16 @@ def read_mask(path: Path | None, shape, affine: np.ndarray, image_path: Path) ->
     return mask
 
 
-def _deformable(fixed, moving_on_fixed, weight, similarity, deadline, device):
+def _deformable(fixed, moving_on_fixed, weight, similarity, deadline, device, reroute: bool, config=None):
     """The engine on the fixed grid: ``[1, 3, D0, D1, D2]`` fixed-voxel field and its trace."""
     fixed_t = torch.from_numpy(np.ascontiguousarray(fixed))[None, None]
     moving_t = torch.from_numpy(np.ascontiguousarray(moving_on_fixed))[None, None]
     if weight is not None:
         w = torch.from_numpy(weight.astype(np.float32))[None, None]
         fixed_t, moving_t = fixed_t * w, moving_t * w
-    disp, trace = register(fixed_t, moving_t, similarity=similarity, deadline=deadline, device=device)
+    disp, trace = register(
+        fixed_t, moving_t, similarity=similarity, deadline=deadline, device=device, reroute=reroute, config=config
+    )
     return disp.detach().float().cpu(), trace
 
 
@@ -240,6 +255,8 @@ def _affine_step(args, fixed, f_aff, moving, m_aff, masks, deadline) -> tuple[np
 
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
+    if args.lesions and args.similarity == "auto":  # lesions come with T2 / FLAIR, which the gate may take for T1
+        args = argparse.Namespace(**{**vars(args), "similarity": "mind"})
     output = output_of(args)
     budget = budget_of(args)
     apply_threads(args)
@@ -265,7 +282,9 @@ def run(args: argparse.Namespace) -> int:
     if moving_mask is not None:
         carried = resample_to_grid(moving_mask.astype(np.uint8), through, fixed.shape, f_aff, nearest=True) != 0
         weight = carried if weight is None else weight & carried
-    disp, trace = _deformable(fixed, moving_on_fixed, weight, similarity, deadline, device)
+    reroute = args.similarity == "auto"  # the gate chose: the engine may overrule a same-contrast call
+    config = EngineConfig.for_lesions() if args.lesions else None
+    disp, trace = _deformable(fixed, moving_on_fixed, weight, similarity, deadline, device, reroute, config)
     written, note = _write_outputs(args, output, fixed_img, fixed, moving_img, moving, transform, disp)
     print(
         f"caio register: {affine_note} similarity={trace.similarity} iterations={trace.iterations} "
@@ -273,4 +292,13 @@ def run(args: argparse.Namespace) -> int:
         f"{' (stopped by deadline)' if trace.stopped_by_deadline else ''} -> {', '.join(written)}",
         flush=True,
     )
-    return 0
+    return _flagged(trace)
+
+
+def _flagged(trace) -> int:
+    """1 when the engine distrusts its result (:attr:`caio.engine.trace.EngineTrace.distrusted`), else 0; what the
+    safeguard did goes to stderr, as ``flagged:`` lines then, else as ``safeguard:`` notes."""
+    kind = "flagged" if trace.distrusted else "safeguard"
+    for note in ([trace.rerouted] if trace.rerouted else []) + trace.safeguard:
+        print(f"caio register: {kind}: {note}", file=sys.stderr)
+    return 1 if trace.distrusted else 0

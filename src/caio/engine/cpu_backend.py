@@ -31,12 +31,16 @@ class NumbaKernels:
         similarity: ``"lncc"`` or ``"mind"``.
         radius: LNCC window half-width (voxels).
         eps: LNCC flat-window regulariser.
+        robust: Geman-McClure scale of the feature SSD (:func:`caio.similarity.ssd.ssd_and_gradient`; 0: plain).
     """
 
-    def __init__(self, similarity: str, radius: int = 2, eps: float = 1e-3, warped_gradient: bool = False) -> None:
+    def __init__(
+        self, similarity: str, radius: int = 2, eps: float = 1e-3, warped_gradient: bool = False, robust: float = 0.0
+    ) -> None:
         if similarity not in ("lncc", "lncc2", "mind"):
             raise ValueError(f"unknown similarity '{similarity}'")
         self.kind, self.radius, self.eps, self.warped_gradient = similarity, radius, eps, warped_gradient
+        self.robust = robust
         self.work = filters.Workspace()
         self._channel_last: tuple[torch.Tensor, np.ndarray] | None = None
 
@@ -66,7 +70,11 @@ class NumbaKernels:
         else:
             field_shape = (3, *moving.shape[2:])
             sim, field = similarity_kernels.ssd_displacement_gradient(
-                _array(fixed), self._moving_channel_last(moving), _array(disp), self.work.get("field", field_shape)
+                _array(fixed),
+                self._moving_channel_last(moving),
+                _array(disp),
+                self.work.get("field", field_shape),
+                self.robust,
             )
         return sim, _tensor(field)
 

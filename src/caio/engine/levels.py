@@ -21,6 +21,7 @@ from caio.engine import images
 from caio.engine.cpu_backend import NumbaKernels
 from caio.engine.optimizer import LevelSettings, TorchKernels, optimise_level
 from caio.engine.routes import Route
+from caio.engine.safeguard import MIN_CHECKED_SIDE, AlignmentCheck, CheckedField, judge
 from caio.engine.schedule import CostModel, plan_iterations
 from caio.engine.settings import EngineConfig
 from caio.engine.trace import EngineTrace, LevelTrace
@@ -36,9 +37,9 @@ def make_kernels(route: Route, index: int, cfg: EngineConfig, device: torch.devi
     similarity = route.similarity(index)
     radius = cfg.level_radius(similarity, index)
     if device.type == "cpu" and cfg.cpu_kernels:
-        return NumbaKernels(similarity, radius, cfg.eps, cfg.warped_gradient)
+        return NumbaKernels(similarity, radius, cfg.eps, cfg.warped_gradient, cfg.mind_robust)
     if similarity == "mind":
-        return TorchKernels(ssd_and_gradient)
+        return TorchKernels(partial(ssd_and_gradient, robust=cfg.mind_robust))
     return TorchKernels(partial(lncc_and_gradient, radius=radius, eps=cfg.eps, squared=similarity == "lncc2"))
 
 
@@ -102,6 +103,11 @@ class LevelRunner:
         self.route: Route | None = None
         self.kernels = None
         self.pyramid: Pyramid | None = None
+        self.check: AlignmentCheck | None = None  # the safeguard's, made at the first level that runs
+        self.start_checked: CheckedField | None = None  # the start and the best field it accepted, with scores
+        self.best_checked: CheckedField | None = None
+        self.guard_seconds = 0.0  # the slowest safeguard check so far: one starts only if twice that is left
+        self.halted = False  # a level fell below the start by the safeguard's criterion: the route stops there
 
     def seconds_left(self) -> float:
         return float("inf") if self.deadline is None else self.deadline - time.monotonic()
@@ -109,7 +115,7 @@ class LevelRunner:
     def start_route(self, route: Route) -> None:
         """Switch to ``route``: its first level's kernels and its pyramids (the cost model carries over)."""
         measured = None if self.pyramid is None else self.pyramid.cost
-        self.route = route
+        self.route, self.halted = route, False
         self.kernels = make_kernels(route, 0, self.cfg, self.device)
         self.pyramid = build_pyramid(self.fixed, self.moving, route, self.kernels, self.cfg, measured)
 
@@ -127,6 +133,8 @@ class LevelRunner:
     def run_levels(self, start: int = 0, stop: int | None = None) -> None:
         """Levels ``start`` to ``stop - 1`` (default: to the end) of the current route."""
         for index in range(start, len(self.route.factors) if stop is None else stop):
+            if self.halted:
+                return
             self.run_level(index)
 
     def _closing_seconds(self, voxels: int) -> float:
@@ -213,6 +221,8 @@ class LevelRunner:
         )
         self.trace.similarity_after = result.similarity_best
         self.last = (self.kernels, fixed_image, moving_image, shape)
+        if self.cfg.safeguard and min(shape) >= MIN_CHECKED_SIDE and self.seconds_left() > 2 * self.guard_seconds:
+            self._guard(f"level 1/{factor} {similarity}")
         self.trace.stopped_by_deadline |= result.stopped_by_deadline
         log.debug(
             "level 1/%d %s: %d/%d iterations, similarity %.4f -> %.4f, %.1f s",
@@ -224,6 +234,33 @@ class LevelRunner:
             result.similarity_best,
             result.seconds,
         )
+
+    def _guard(self, label: str) -> None:
+        """Score the level's field by the safeguard's criterion (:class:`caio.engine.safeguard.AlignmentCheck`);
+        keep the field before the level (or the start) when :func:`caio.engine.safeguard.judge` says the level
+        made the pair worse, and stop the route when it left the pair worse than the start."""
+        started = time.monotonic()
+        if self.check is None:
+            # coarser than 48 voxels a side, MIND-SSC sees too little anatomy to judge: check on a finer grid
+            factor = max(1, min(self.cfg.safeguard_factor, min(self.fixed.shape[2:]) // 48))
+            self.check = AlignmentCheck(self.fixed, self.moving, factor)
+            self.start_checked = self.best_checked = CheckedField(self.check.score(self.init), self.init, "the start")
+        new = CheckedField(self.check.score(self.disp), self.disp, label)
+        verdict = judge(self.start_checked, self.best_checked, new, self.cfg.safeguard_tolerance)
+        self.trace.checks.append(dict(label=label, score=new.score, kept=verdict.keep))
+        self.guard_seconds = max(self.guard_seconds, time.monotonic() - started)
+        if verdict.keep:
+            self.best_checked = max(self.best_checked, new, key=lambda checked: checked.score)
+            return
+        # LNCC below the start: the gate's same-contrast call is suspect, and MIND-SSC is the way out (the driver's
+        # reroute); other routes have no such alternative and go on from the kept field
+        self.halted = verdict.below_start and self.route.name == "lncc"
+        note = verdict.note + ("; the route stops (its similarity misleads on this pair)" if self.halted else "")
+        self.trace.safeguard.append(note)
+        log.warning("safeguard: %s", note)
+        fallback = verdict.fallback.disp
+        self.disp = fallback if fallback is not None else torch.zeros_like(self.disp)
+        self.trace.similarity_after = None  # the kept field was not scored by this level's similarity
 
     def _start_field(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The field so far on ``shape`` (zero before any level ran and without ``init``)."""
@@ -247,7 +284,9 @@ class LevelRunner:
                 else spatial.resize_displacement(self.init, shape)
             )
             self.trace.similarity_before = kernels.similarity_field(fixed_image, moving_image, start_field)[0]
-            after = self.trace.similarity_after
-            if after is None or self.trace.similarity_before >= after:
+            if self.trace.similarity_after is None:  # a field the safeguard went back to: score it here too
+                field = spatial.resize_displacement(disp, shape)
+                self.trace.similarity_after = kernels.similarity_field(fixed_image, moving_image, field)[0]
+            if self.trace.similarity_before >= self.trace.similarity_after:
                 disp, self.trace.similarity_after = start_field, self.trace.similarity_before
         return spatial.resize_displacement(disp, crop_shape)

@@ -30,7 +30,7 @@ from caio.contrast.gate import GateConfig, decide
 from caio.engine import images
 from caio.engine.intensity_map import explained_variance
 from caio.engine.levels import LevelRunner
-from caio.engine.routes import LEAD_SIMILARITIES, first_route, route_after_lead
+from caio.engine.routes import LEAD_SIMILARITIES, first_route, route_after_lead, route_for
 from caio.engine.settings import EngineConfig
 from caio.engine.trace import EngineTrace
 from caio.kernels import filters
@@ -81,7 +81,13 @@ def warm_up() -> float:
     image = torch.zeros((1, 1, 12, 12, 12))
     image[..., 3:9, 3:9, 3:9] = 1.0
     config = EngineConfig(
-        factors=(1,), iterations=(1,), mind_factors=(1,), mind_iterations=(1,), mind_remapped_levels=(), crop_margin=-1
+        factors=(1,),
+        iterations=(1,),
+        mind_factors=(1,),
+        mind_iterations=(1,),
+        mind_remapped_levels=(),
+        crop_margin=-1,
+        safeguard=False,  # an image against itself: nothing to check, only kernels to load
     )
     for kind in ("lncc", "mind"):
         register(image, image, similarity=kind, device="cpu", config=config)
@@ -98,6 +104,7 @@ def register(
     deadline: float | None = None,
     device: torch.device | str | None = None,
     config: EngineConfig | None = None,
+    reroute: bool | None = None,
 ) -> tuple[torch.Tensor, EngineTrace]:
     """Deformably register ``moving`` to ``fixed``.
 
@@ -111,6 +118,10 @@ def register(
             field so far); ``None``: run every configured iteration.
         device: where to compute (default: ``fixed``'s device).
         config: :class:`EngineConfig`.
+        reroute: when the safeguard stops the LNCC route because a level left the pair worse than the start by
+            MIND-SSC agreement (:mod:`caio.engine.safeguard`), register again from the start with MIND-SSC: for a
+            similarity the contrast gate chose, which takes some FLAIR images for T1 ones. ``None``: only for
+            ``similarity="auto"``.
     Returns:
         ``(disp, trace)``: ``[1, 3, D0, D1, D2]`` float32 displacement in voxels on the fixed grid
         (``warped(x) = moving(x + disp(x))``, :mod:`caio.spatial`) and an :class:`EngineTrace`.
@@ -133,6 +144,9 @@ def register(
         _run_lead_then_choose(runner, kind)
     else:
         runner.run_levels()
+    reroute = similarity == "auto" if reroute is None else reroute
+    if reroute and kind == SAME_CONTRAST_SIMILARITY and runner.halted and runner.mind_fits():
+        _reroute_to_mind(runner)
     disp = images.uncrop(runner.result(), box, full_shape)
     trace.similarity = runner.route.name
     trace.seconds = time.monotonic() - start
@@ -159,6 +173,17 @@ def _run_lead_then_choose(runner: LevelRunner, kind: str) -> None:
     else:
         runner.route = chosen
         runner.run_levels(start=1)
+
+
+def _reroute_to_mind(runner: LevelRunner) -> None:
+    """The gate called the pair same-contrast, but an LNCC level left it worse than the start by MIND-SSC
+    agreement (the safeguard halted the route): the gate's call was probably wrong (a FLAIR taken for a T1), so
+    register again from the start, with MIND-SSC."""
+    runner.trace.rerouted = f"LNCC made the pair worse ({runner.trace.safeguard[-1]}): MIND-SSC from the start"
+    log.warning("engine: %s", runner.trace.rerouted)
+    runner.disp = runner.init
+    runner.start_route(route_for("mind", runner.cfg))
+    runner.run_levels()
 
 
 def _whole(shape: tuple[int, ...]) -> tuple[slice, slice, slice]:

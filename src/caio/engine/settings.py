@@ -59,6 +59,16 @@ class EngineConfig:
             moving image instead of the descriptors; the MIND-SSC levels that follow go on from that field. The
             default remaps between MIND-SSC at 1/2 and at full resolution, so that the descriptors correct what
             the map gets wrong (docs/measurements.md, "A remapped level between MIND-SSC levels").
+        mind_robust: Geman-McClure scale of the MIND-SSC levels' descriptor difference (per voxel, summed over the
+            12 channels; :func:`caio.similarity.ssd.ssd_and_gradient`): voxels that differ by much more than it (a
+            lesion seen in one contrast only) stop pulling the field; 0: plain squared differences.
+        safeguard: check every level's field by a criterion it did not optimise and keep the field before it when
+            the level made the pair worse by that criterion (:mod:`caio.engine.safeguard`).
+        safeguard_factor: grid-size divisor of the grid the safeguard scores on (smaller where that grid would have
+            fewer than 48 voxels a side).
+        safeguard_tolerance: share of the gain so far (by the safeguard's criterion) a level may lose before the
+            safeguard keeps the field before it (levels of different similarities trade a few per cent of each
+            other's criterion: docs/measurements.md, "The safeguard").
         min_iterations: a level that would get fewer iterations than this is skipped.
         prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
         crop_margin: register inside the bounding box of the non-zero voxels of either image, grown by this many
@@ -91,11 +101,24 @@ class EngineConfig:
     mind_remap_iterations: tuple[int, ...] = (5,)
     mind_remapped_levels: tuple[int, ...] = (2,)
     mind_remap_statistic: str = "median"
+    mind_robust: float = 0.0
+    safeguard: bool = True
+    safeguard_factor: int = 2
+    safeguard_tolerance: float = 0.5
     min_iterations: int = 3
     prior_seconds_per_voxel: float = 2e-7
     crop_margin: int = 8
     warped_gradient: bool = False
     cpu_kernels: bool = True
+
+    @classmethod
+    def for_lesions(cls) -> EngineConfig:
+        """Settings for images with pathology seen in one contrast only (tumours, oedema, lesions): the MIND-SSC
+        levels score descriptor differences with the Geman-McClure function (``mind_robust`` 0.03) and no level
+        registers an intensity-remapped image (a global intensity map turns a lesion into the wrong tissue, which
+        LNCC then pulls). Chosen on the tuning patients of ``bench/lesion_contrasts.py`` (docs/measurements.md,
+        "Real T1 / T2 / FLAIR with lesions"); it lowers Dice on label-drawn contrasts, so it is not the default."""
+        return cls(mind_robust=0.03, mind_remapped_levels=(), mind_remap_factors=(), mind_remap_iterations=())
 
     def __post_init__(self) -> None:
         for kind in ("lncc", "remap", "mind"):

@@ -28,7 +28,9 @@ class EngineTrace:
     ``init``) and of the returned field, both on the grid of the finest level that ran
     (``None`` when no level ran). ``similarity`` is the one that ran (``"cross"`` reports ``"remap"`` or
     ``"mind"``); ``explained``: the intensity map's share of the fixed variance that chose it (``"cross"``
-    only).
+    only). ``checks``: the safeguard's score after each level (``label``, ``criterion``, ``score``, ``kept``);
+    ``safeguard``: what it did instead of keeping a level's field, one line each (:mod:`caio.engine.safeguard`);
+    ``rerouted``: why an ``"auto"`` registration left the same-contrast route for MIND-SSC.
     """
 
     similarity: str
@@ -38,6 +40,16 @@ class EngineTrace:
     similarity_before: float | None = None
     similarity_after: float | None = None
     explained: float | None = None
+    checks: list[dict] = field(default_factory=list)
+    safeguard: list[str] = field(default_factory=list)
+    rerouted: str = ""
+
+    @property
+    def distrusted(self) -> bool:
+        """The engine distrusts its result: it left the route the gate chose (``rerouted``), or the field it returns
+        is one the safeguard fell back to (the last level checked was undone). A level undone and then improved on
+        by finer levels that passed the check is a correction, recorded in ``safeguard`` only."""
+        return bool(self.rerouted) or bool(self.checks and not self.checks[-1]["kept"])
 
     @property
     def iterations(self) -> int:

@@ -123,13 +123,14 @@ def lncc_displacement_gradient(
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _ssd_warp_field(fixed, moving_last, disp, scale, out):
+def _ssd_warp_field(fixed, moving_last, disp, scale, robust, out):
     """Warp every feature channel, compare it with ``fixed`` and accumulate the SSD's gradient, fused.
 
     ``moving_last`` is channel-last ``(D0, D1, D2, C)`` so that the 8 corners of a voxel are 8
-    contiguous runs of ``C`` values; ``fixed`` is ``(C, D0, D1, D2)``. Writes
-    ``out[a] = scale * sum_c (F_c - W_c) * dW_c / d axis a`` (magnitudes below :data:`TINY` as 0) and returns
-    ``sum (F - W)^2``.
+    contiguous runs of ``C`` values; ``fixed`` is ``(C, D0, D1, D2)``. With ``r = sum_c (F_c - W_c)^2`` per voxel,
+    writes ``out[a] = scale * w(r) * sum_c (F_c - W_c) * dW_c / d axis a`` (magnitudes below :data:`TINY` as 0) and
+    returns the sum of ``rho(r)``: ``rho(r) = r``, ``w = 1`` when ``robust`` is 0, else the Geman-McClure
+    ``rho(r) = robust * r / (robust + r)``, ``w = (robust / (robust + r))^2``.
     """
     nc, n0, n1, n2 = fixed.shape
     partial = np.zeros(n0)
@@ -144,6 +145,7 @@ def _ssd_warp_field(fixed, moving_last, disp, scale, out):
                 g0 = 0.0
                 g1 = 0.0
                 g2 = 0.0
+                r = 0.0
                 for c in range(nc):
                     value, d0, d1, d2 = _trilinear(
                         moving_last[i0, j0, k0, c],
@@ -159,27 +161,35 @@ def _ssd_warp_field(fixed, moving_last, disp, scale, out):
                         fz,
                     )
                     d = fixed[c, i, j, k] - value
-                    acc += d * d
+                    r += d * d
                     g0 += d * d0
                     g1 += d * d1
                     g2 += d * d2
-                out[0, i, j, k] = _flushed(scale * gx * g0)
-                out[1, i, j, k] = _flushed(scale * gy * g1)
-                out[2, i, j, k] = _flushed(scale * gz * g2)
+                w = scale
+                if robust > 0.0:
+                    shrink = robust / (robust + r)
+                    w = scale * shrink * shrink
+                    r = robust * r / (robust + r)
+                acc += r
+                out[0, i, j, k] = _flushed(w * gx * g0)
+                out[1, i, j, k] = _flushed(w * gy * g1)
+                out[2, i, j, k] = _flushed(w * gz * g2)
         partial[i] = acc
     return partial.sum()
 
 
 def ssd_displacement_gradient(
-    fixed: np.ndarray, moving_last: np.ndarray, disp: np.ndarray, out: np.ndarray | None = None
+    fixed: np.ndarray, moving_last: np.ndarray, disp: np.ndarray, out: np.ndarray | None = None, robust: float = 0.0
 ) -> tuple[float, np.ndarray]:
-    """``-mean(sum_c (F_c - W_c)^2)`` of feature maps and its gradient as a field.
+    """``-mean(rho(sum_c (F_c - W_c)^2))`` of feature maps and its gradient as a field.
 
     Args:
         fixed: ``(C, D0, D1, D2)`` features.
         moving_last: the moving features channel-last, ``(D0, D1, D2, C)`` (C-contiguous).
         disp: ``(3, D0, D1, D2)`` voxels.
         out: ``(3, D0, D1, D2)`` float32 array that receives the field (default: a new one).
+        robust: ``0``: ``rho(r) = r`` (squared differences); else the Geman-McClure scale of
+            :func:`caio.similarity.ssd.ssd_and_gradient`.
     Returns:
         ``(similarity, field)`` as :func:`lncc_displacement_gradient`.
     """
@@ -188,5 +198,5 @@ def ssd_displacement_gradient(
         raise ValueError(f"moving features {moving_last.shape} are not channel-last {(*shape, fixed.shape[0])}")
     out = np.empty((3, *shape), np.float32) if out is None else out
     count = float(np.prod(shape))
-    total = _ssd_warp_field(fixed, moving_last, disp, 2.0 / count, out)
+    total = _ssd_warp_field(fixed, moving_last, disp, 2.0 / count, float(robust), out)
     return -float(total) / count, out

@@ -177,6 +177,7 @@ def register_tensors(
     plan = plan_pair(models.device.type, cross, available, cfg.mode, cfg.refine, cfg.contrast, ambiguous)
     trace.configured = plan.steps
     active, fimg, mimg = plan, fixed, moving
+    reroute = not forced  # the gate's score chose the contrast: the engine may overrule a same-contrast call
     amp = autocast(models.device, "fp16" if low_memory else "fp32")
     if plan.brainid:
         with amp:
@@ -194,7 +195,7 @@ def register_tensors(
         with amp:
             disp = run_vfa(getattr(models, active.vfa), active.vfa, fimg, mimg, deadline, trace)
         if disp is not None and active.refine == "engine":
-            refined = run_engine(fimg, mimg, active.similarity, deadline, trace, init=disp)
+            refined = run_engine(fimg, mimg, active.similarity, deadline, trace, init=disp, reroute=reroute)
             disp = refined if refined is not None else disp
     if disp is None:
         engine_deadline = deadline
@@ -202,7 +203,9 @@ def register_tensors(
             engine_deadline = time.monotonic() + ENGINE_SHARE_BEFORE_CASCADE * max(deadline - time.monotonic(), 0.0)
         replaces_vfa = active.vfa is not None  # VFA was configured but produced nothing
         engine_outcome = "fallback" if replaces_vfa else outcome("engine")
-        disp = run_engine(fimg, mimg, active.similarity, engine_deadline, trace, outcome=engine_outcome)
+        disp = run_engine(
+            fimg, mimg, active.similarity, engine_deadline, trace, outcome=engine_outcome, reroute=reroute
+        )
     if active.refine == "cascade":
         fsim = msim = None
         if "mind" in active.steps:

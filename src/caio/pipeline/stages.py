@@ -191,15 +191,28 @@ def run_vfa(model: Any, name: str, fixed, moving, deadline: float, trace: PairTr
 
 
 def run_engine(
-    fixed, moving, similarity: str, deadline: float, trace: PairTrace, init=None, outcome: str = "ran"
+    fixed,
+    moving,
+    similarity: str,
+    deadline: float,
+    trace: PairTrace,
+    init=None,
+    outcome: str = "ran",
+    reroute: bool = False,
 ) -> torch.Tensor | None:
     """:func:`caio.engine.register` until ``deadline``; ``None`` when it failed or did no iteration.
 
-    ``outcome`` is what a successful run is recorded as (``"fallback"`` when it replaces a step).
+    ``outcome`` is what a successful run is recorded as (``"fallback"`` when it replaces a step); ``reroute``: the
+    contrast gate's score chose ``similarity`` (the engine may overrule a same-contrast call). When the engine
+    distrusts its field (:attr:`caio.engine.trace.EngineTrace.distrusted`), a ``safeguard`` record (outcome
+    ``fallback``) says why, and the pair is degraded; a level the safeguard undid and finer levels then bettered
+    is only noted in the engine step's detail.
     """
     start = time.monotonic()
     try:
-        disp, etrace = engine_register(fixed, moving, similarity=similarity, init=init, deadline=deadline)
+        disp, etrace = engine_register(
+            fixed, moving, similarity=similarity, init=init, deadline=deadline, reroute=reroute
+        )
         if not _finite(disp):
             raise ValueError("non-finite displacement")
     except Exception as err:
@@ -216,7 +229,12 @@ def run_engine(
     detail = f"{ran}, {etrace.iterations} iterations" + (
         f", similarity {before:.4f} -> {after:.4f}" if before is not None and after is not None else ""
     )
+    if etrace.safeguard and not etrace.distrusted:  # a level undone, then bettered by finer ones: a correction
+        detail += f"; safeguard: {'; '.join(etrace.safeguard)}"
     trace.record("engine", outcome, seconds, detail, iterations=etrace.iterations, engine=info)
+    if etrace.distrusted:  # the engine distrusts the field it returns: the pair is degraded, with why
+        reasons = ([etrace.rerouted] if etrace.rerouted else []) + etrace.safeguard
+        trace.record("safeguard", "fallback", 0.0, "; ".join(reasons))
     return disp.float()
 
 

@@ -18,7 +18,20 @@ import dataclasses
 from dataclasses import dataclass, field
 
 OUTCOMES = ("ran", "skipped", "failed", "fallback")
-STEP_NAMES = ("read", "gate", "brainid", "vfa", "engine", "cascade", "mind", "retry", "identity", "resume", "write")
+STEP_NAMES = (
+    "read",
+    "gate",
+    "brainid",
+    "vfa",
+    "engine",
+    "safeguard",
+    "cascade",
+    "mind",
+    "retry",
+    "identity",
+    "resume",
+    "write",
+)
 """Names used by the pipeline (``read`` and ``write`` are bookkeeping: never part of a configured path)."""
 
 
