@@ -122,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lesions",
         action="store_true",
         help="the images hold pathology seen in one contrast only (tumour, oedema): robust MIND-SSC without "
-        "intensity remapping (EngineConfig.for_lesions); with --similarity auto it means --similarity mind",
+        "intensity remapping or a squared-LNCC lead (EngineConfig.for_lesions); with --similarity auto it means "
+        "--similarity mind",
     )
     add_budget(parser, help="seconds for the whole pair, reading included (default: no limit)")
     add_device(parser)

@@ -154,10 +154,15 @@ def register(
 
 
 def _run_lead_then_choose(runner: LevelRunner, kind: str) -> None:
-    """``"cross"`` / ``"mind"``: the lead level, then the route it chooses (:func:`route_after_lead`) to the end.
+    """``"cross"`` / ``"mind"``: the lead level, then the route it chooses (:func:`route_after_lead`) to the end
+    (``"mind"`` without ``EngineConfig.mind_lead``: straight to the MIND-SSC route when it fits).
     ``"cross"`` measures how much of the fixed image's variance the intensity map explains on the lead's field
     (and keeps remapping if no lead field came out: nothing to measure); ``"mind"`` always tries MIND-SSC."""
     lead = runner.route
+    if kind == "mind" and not runner.cfg.mind_lead and runner.mind_fits():
+        runner.start_route(route_for("mind", runner.cfg))
+        runner.run_levels()
+        return
     runner.run_levels(stop=1)
     if kind == "cross" and runner.disp is None:
         runner.run_levels(start=1)

@@ -69,6 +69,9 @@ class EngineConfig:
         safeguard_tolerance: share of the gain so far (by the safeguard's criterion) a level may lose before the
             safeguard keeps the field before it (levels of different similarities trade a few per cent of each
             other's criterion: docs/measurements.md, "The safeguard").
+        mind_lead: ``similarity="mind"`` starts with the lead level (squared LNCC at the remap pyramid's first level)
+            before the descriptors; ``False`` starts the MIND-SSC route from the initial field when the descriptors
+            fit before the deadline (``"cross"`` always leads: it chooses its route by the lead's field).
         min_iterations: a level that would get fewer iterations than this is skipped.
         prior_seconds_per_voxel: cost-model prior (seconds per voxel and iteration) for the first level.
         crop_margin: register inside the bounding box of the non-zero voxels of either image, grown by this many
@@ -101,6 +104,7 @@ class EngineConfig:
     mind_remap_iterations: tuple[int, ...] = (5,)
     mind_remapped_levels: tuple[int, ...] = (2,)
     mind_remap_statistic: str = "median"
+    mind_lead: bool = True
     mind_robust: float = 0.0
     safeguard: bool = True
     safeguard_factor: int = 2
@@ -114,11 +118,18 @@ class EngineConfig:
     @classmethod
     def for_lesions(cls) -> EngineConfig:
         """Settings for images with pathology seen in one contrast only (tumours, oedema, lesions): the MIND-SSC
-        levels score descriptor differences with the Geman-McClure function (``mind_robust`` 0.03) and no level
+        levels score descriptor differences with the Geman-McClure function (``mind_robust`` 0.03), no level
         registers an intensity-remapped image (a global intensity map turns a lesion into the wrong tissue, which
-        LNCC then pulls). Chosen on the tuning patients of ``bench/lesion_contrasts.py`` (docs/measurements.md,
-        "Real T1 / T2 / FLAIR with lesions"); it lowers Dice on label-drawn contrasts, so it is not the default."""
-        return cls(mind_robust=0.03, mind_remapped_levels=(), mind_remap_factors=(), mind_remap_iterations=())
+        LNCC then pulls), and no squared-LNCC lead level runs first (it pulls lesions too). Chosen on the tuning
+        patients of ``bench/lesion_contrasts.py`` (docs/measurements.md, "The safeguard and the lesion settings");
+        it lowers Dice on label-drawn contrasts, so it is not the default."""
+        return cls(
+            mind_robust=0.03,
+            mind_remapped_levels=(),
+            mind_remap_factors=(),
+            mind_remap_iterations=(),
+            mind_lead=False,
+        )
 
     def __post_init__(self) -> None:
         for kind in ("lncc", "remap", "mind"):
