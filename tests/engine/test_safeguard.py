@@ -73,7 +73,7 @@ def test_a_level_below_the_start_falls_back_to_the_start():
 
 def test_the_check_scores_the_true_field_above_no_field_in_every_contrast(lesion_case):
     for moving in ("t1", "t2", "flair"):
-        check = AlignmentCheck(lesion_case["fixed"], lesion_case[moving], factor=1)
+        check = AlignmentCheck(lesion_case["fixed"], lesion_case[moving], max_factor=1)
         assert check.score(lesion_case["truth"]) > check.score(None), moving
 
 

@@ -300,6 +300,6 @@ def _flagged(trace) -> int:
     """1 when the engine distrusts its result (:attr:`caio.engine.trace.EngineTrace.distrusted`), else 0; what the
     safeguard did goes to stderr, as ``flagged:`` lines then, else as ``safeguard:`` notes."""
     kind = "flagged" if trace.distrusted else "safeguard"
-    for note in ([trace.rerouted] if trace.rerouted else []) + trace.safeguard:
+    for note in trace.safeguard_notes:
         print(f"caio register: {kind}: {note}", file=sys.stderr)
     return 1 if trace.distrusted else 0

@@ -241,9 +241,7 @@ class LevelRunner:
         made the pair worse, and stop the route when it left the pair worse than the start."""
         started = time.monotonic()
         if self.check is None:
-            # coarser than 48 voxels a side, MIND-SSC sees too little anatomy to judge: check on a finer grid
-            factor = max(1, min(self.cfg.safeguard_factor, min(self.fixed.shape[2:]) // 48))
-            self.check = AlignmentCheck(self.fixed, self.moving, factor)
+            self.check = AlignmentCheck(self.fixed, self.moving, self.cfg.safeguard_factor)
             self.start_checked = self.best_checked = CheckedField(self.check.score(self.init), self.init, "the start")
         new = CheckedField(self.check.score(self.disp), self.disp, label)
         verdict = judge(self.start_checked, self.best_checked, new, self.cfg.safeguard_tolerance)

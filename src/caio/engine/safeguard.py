@@ -32,6 +32,10 @@ NOISE = 0.01
 aligned from the start, while the failures it is there for lose 0.016-0.5 (docs/measurements.md, "The
 safeguard and the lesion settings")."""
 
+MIN_CHECK_GRID_SIDE = 48
+"""The check's grid is coarsened only while it keeps this many voxels along every axis: coarser, MIND-SSC sees too
+little anatomy to judge."""
+
 MIN_CHECKED_SIDE = 24
 """Levels on grids with fewer voxels than this along any axis are not checked: MIND-SSC sees too little anatomy
 there to judge (the 1/4 and 1/2 levels of small test volumes; at 1 mm every level is checked)."""
@@ -51,10 +55,12 @@ class AlignmentCheck:
 
     Args:
         fixed, moving: ``[1, 1, D0, D1, D2]`` images of the pair (the engine's cropped, scaled ones).
-        factor: grid-size divisor of the grid the check runs on.
+        max_factor: largest grid-size divisor of the grid the check runs on; smaller where that grid would have
+            fewer than :data:`MIN_CHECK_GRID_SIDE` voxels along an axis.
     """
 
-    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, factor: int = 2) -> None:
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, max_factor: int = 2) -> None:
+        factor = max(1, min(max_factor, min(fixed.shape[2:]) // MIN_CHECK_GRID_SIDE))
         self.shape = spatial.scaled_shape(fixed.shape[2:], factor)
         fixed, moving = (spatial.resize_image(x.float(), self.shape) for x in (fixed, moving))
         self.mask = fixed[0, 0] > 0.02 * float(fixed.max())

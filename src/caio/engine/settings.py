@@ -64,8 +64,8 @@ class EngineConfig:
             lesion seen in one contrast only) stop pulling the field; 0: plain squared differences.
         safeguard: check every level's field by a criterion it did not optimise and keep the field before it when
             the level made the pair worse by that criterion (:mod:`caio.engine.safeguard`).
-        safeguard_factor: grid-size divisor of the grid the safeguard scores on (smaller where that grid would have
-            fewer than 48 voxels a side).
+        safeguard_factor: largest grid-size divisor of the grid the safeguard scores on
+            (:class:`caio.engine.safeguard.AlignmentCheck`).
         safeguard_tolerance: share of the gain so far (by the safeguard's criterion) a level may lose before the
             safeguard keeps the field before it (levels of different similarities trade a few per cent of each
             other's criterion: docs/measurements.md, "The safeguard").

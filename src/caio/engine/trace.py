@@ -45,6 +45,11 @@ class EngineTrace:
     rerouted: str = ""
 
     @property
+    def safeguard_notes(self) -> list[str]:
+        """What the safeguard did, one line each: the reroute first (when there was one), then every undone level."""
+        return ([self.rerouted] if self.rerouted else []) + self.safeguard
+
+    @property
     def distrusted(self) -> bool:
         """The engine distrusts its result: it left the route the gate chose (``rerouted``), or the field it returns
         is one the safeguard fell back to (the last level checked was undone). A level undone and then improved on

@@ -233,8 +233,7 @@ def run_engine(
         detail += f"; safeguard: {'; '.join(etrace.safeguard)}"
     trace.record("engine", outcome, seconds, detail, iterations=etrace.iterations, engine=info)
     if etrace.distrusted:  # the engine distrusts the field it returns: the pair is degraded, with why
-        reasons = ([etrace.rerouted] if etrace.rerouted else []) + etrace.safeguard
-        trace.record("safeguard", "fallback", 0.0, "; ".join(reasons))
+        trace.record("safeguard", "fallback", 0.0, "; ".join(etrace.safeguard_notes))
     return disp.float()
 
 
