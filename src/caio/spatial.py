@@ -273,25 +273,6 @@ def warp_labels_nearest(labels: np.ndarray, disp: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 
-def invert_displacement(disp: torch.Tensor, iterations: int = 30) -> torch.Tensor:
-    """Inverse of the map ``x -> x + disp(x)`` by fixed-point iteration ``v <- -disp(x + v(x))``.
-
-    The result ``v`` satisfies ``x + v(x) + disp(x + v(x)) = x`` (``compose(disp, v) = 0``) where the
-    iteration converges: for a smooth, invertible field with ``|grad disp| < 1`` it does, linearly. Samples
-    beyond the volume take the border value (:func:`warp`'s ``border`` padding).
-
-    Args:
-        disp: ``[B, 3, D0, D1, D2]`` displacement in voxels.
-        iterations: fixed-point iterations (the error shrinks about geometrically).
-    Returns:
-        ``[B, 3, D0, D1, D2]`` inverse displacement in voxels, on the same grid.
-    """
-    inverse = -disp
-    for _ in range(max(int(iterations), 0)):
-        inverse = -warp(disp, inverse, mode="bilinear", padding_mode="border")
-    return inverse
-
-
 def inverse_consistency_error(
     disp: torch.Tensor, inverse: torch.Tensor, spacing: Sequence[float] | None = None
 ) -> torch.Tensor:

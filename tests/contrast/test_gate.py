@@ -13,7 +13,7 @@ import torch
 from helpers.data import blob_volume, require_path, textured_pair
 
 from caio import cli
-from caio.contrast.gate import GateConfig, GateDecision, decide, gate_score, is_cross_contrast
+from caio.contrast.gate import GateConfig, GateDecision, decide, gate_score, is_cross_contrast, tissue_score
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def spm(data_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_two_t1_images_are_same_contrast(spm):
     decision = decide(spm["avg152T1"], spm["single_subj_T1"])
-    assert decision.score > 0.6
-    assert decision == GateDecision(decision.score, False, False)
+    assert decision.score > 0.6 and decision.tissue > GateConfig().tissue_below
+    assert decision == GateDecision(decision.score, False, False, False, decision.tissue)
 
 
 def test_t1_versus_t2_is_cross_contrast(spm):
@@ -64,11 +64,32 @@ def test_a_same_contrast_score_below_ambiguous_below_is_flagged_ambiguous():
     cfg = GateConfig()
     weakly = decide(*textured_pair(0.3))  # correlation about 0.4: where T1 vs FLAIR-like pairs also score
     assert cfg.threshold <= weakly.score < cfg.ambiguous_below
-    assert weakly == GateDecision(weakly.score, False, False, True)
+    assert weakly == GateDecision(weakly.score, False, False, True, weakly.tissue)
     strongly = decide(*textured_pair(0.9))
     assert strongly.score >= cfg.ambiguous_below and not strongly.ambiguous and not strongly.cross_contrast
     assert not decide(*textured_pair(0.3), force=False).ambiguous  # a forced decision is never ambiguous
     assert not decide(*textured_pair(0.3), GateConfig(threshold=0.6)).ambiguous  # cross, not ambiguous
+
+
+@pytest.fixture(scope="module")
+def brats(data_dir: Path) -> dict[str, np.ndarray]:
+    """T1, T2, FLAIR of one brain-tumour patient, co-registered, 3 mm (tests/data/README.md)."""
+    with np.load(require_path(data_dir / "brats_lesion_t1_t2_flair_3mm.npz")) as data:
+        return {name: data[name].astype(np.float32) for name in ("t1", "t2", "flair")}
+
+
+def test_real_flair_against_its_t1_is_ambiguous_by_the_tissue_score(brats, data_dir):
+    # 3 mm voxels: blocks of 2 (6 mm) for the main score, none (3 mm) for the tissue score
+    cfg = GateConfig(factor=2, tissue_factor=1)
+    flair = decide(brats["t1"], brats["flair"], cfg)
+    assert flair.score >= cfg.ambiguous_below and not flair.cross_contrast  # dark CSF in both: looks like T1-T1
+    assert flair.tissue < 0 and flair.ambiguous  # GM/WM inverted in the tissue: registered as cross-contrast
+    with np.load(require_path(data_dir / "oasis_t1_40x56x48.npz")) as oasis:  # T1 scans of two OASIS subjects
+        t1 = decide(oasis["a"].astype(np.float32), oasis["b"].astype(np.float32), cfg)
+    assert t1.tissue > cfg.tissue_below and not t1.ambiguous and not t1.cross_contrast
+    assert tissue_score(brats["t1"], brats["t2"], cfg) < 0
+    assert math.isnan(decide(brats["t1"], brats["t2"], cfg).tissue)  # cross-contrast already: not computed
+    assert tissue_score(brats["t1"], brats["t1"], cfg) > 0.9
 
 
 def test_force_overrides_the_score_but_keeps_it(spm):
@@ -103,7 +124,8 @@ def test_cli_prints_score_and_decision(tmp_path, spm, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("score=-") and line.endswith("decision=cross-contrast")
     assert cli.main(["gate", t1, t2, "--threshold", "-0.9"]) == 0
-    assert capsys.readouterr().out.strip().endswith("decision=same-contrast")
+    line = capsys.readouterr().out.strip()  # same-contrast by the score, but below ambiguous_below and the tissue's
+    assert " tissue=-" in line and line.endswith("decision=same-contrast (ambiguous: registered as cross-contrast)")
 
 
 def test_cli_reports_mismatched_grids_in_one_line(tmp_path, capsys):

@@ -34,6 +34,20 @@ def test_recovers_a_known_smooth_deformation_of_a_real_image():
     assert float(spatial.jacobian_determinant(disp).min()) > 0
 
 
+def test_a_small_grid_gets_a_1mm_brains_work_at_its_finest_level_and_recovers_the_warp_better():
+    moving = real_slab(2)  # 2 mm: 80 x 112 x 96
+    truth = smooth_random(moving.shape[2:], 3, 4.0, 3.0, 12)
+    fixed = spatial.warp(moving, truth)
+    mask = fixed[0, 0] > 0.1 * float(fixed.max())
+    errors, finest = [], []
+    for cfg in (EngineConfig(finest_work=None), EngineConfig()):
+        disp, trace = register(fixed, moving, similarity="lncc", config=cfg)
+        errors.append(brain_rms(disp - truth, mask))
+        finest.append(trace.levels[-1].done)
+    assert finest[0] == 20 and finest[1] > 50  # cropped grid under 1.2 million voxels: 1.2e8 / voxels iterations
+    assert errors[1] < errors[0], errors
+
+
 class _WarpedT1T2:
     """A T1-like image warped by a known field and a T2-like moving image, drawn from the test_data T1's
     label map at 3 mm voxels; :meth:`gain` scores a field by the label Dice it adds."""

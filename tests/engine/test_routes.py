@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from caio.engine import EngineConfig
-from caio.engine.routes import first_route, route_after_lead, route_for
+from caio.engine.routes import first_route, route_after_lead, route_for, with_grid_work
 
 
 def test_remap_route_uses_squared_lncc_before_remap_from_and_remapped_lncc_after():
@@ -69,3 +69,18 @@ def test_per_level_windows_must_fit_every_pyramid_the_similarity_runs():
     cfg.check_windows("lncc")
     with pytest.raises(ValueError, match="radius has one value per level of factors"):
         cfg.check_windows("cross")
+
+
+def test_the_finest_lncc_level_does_a_1mm_brains_work_on_a_smaller_grid():
+    cfg = EngineConfig()
+    lncc = route_for("lncc", cfg)
+    assert with_grid_work(lncc, [92_000, 740_000, 5_900_000], cfg) == lncc  # a 1 mm brain: as configured (20)
+    two_mm = with_grid_work(lncc, [20_000, 162_000, 1_296_000], cfg)  # a 2 mm head
+    assert two_mm.iterations == (*lncc.iterations[:-1], round(cfg.finest_work / 1_296_000)) == (200, 100, 93)
+    assert with_grid_work(lncc, [10_000, 80_000, 600_000], cfg).iterations[-1] == cfg.finest_max_iterations
+    assert with_grid_work(lncc, [500, 4_000, 32_000], cfg) == lncc  # below finest_work_min_voxels: as configured
+    for unchanged in (route_for("mind", cfg), route_for("lncc2", cfg)):
+        assert with_grid_work(unchanged, [20_000, 162_000, 1_296_000], cfg) == unchanged
+    assert with_grid_work(lncc, [20_000, 162_000, 1_296_000], EngineConfig(finest_work=None)) == lncc
+    disabled = route_for("lncc", EngineConfig(factors=(1,), iterations=(0,)))
+    assert with_grid_work(disabled, [1_296_000], cfg) == disabled

@@ -77,6 +77,18 @@ def test_the_check_scores_the_true_field_above_no_field_in_every_contrast(lesion
         assert check.score(lesion_case["truth"]) > check.score(None), moving
 
 
+def test_the_fused_cpu_score_equals_the_torch_score(lesion_case):
+    fused = AlignmentCheck(lesion_case["fixed"], lesion_case["t2"], max_factor=1)
+    plain = AlignmentCheck(lesion_case["fixed"], lesion_case["t2"], max_factor=1, cpu_kernels=False)
+    assert fused.fused and not plain.fused
+    for disp in (
+        lesion_case["truth"],
+        2.5 * lesion_case["truth"],
+        spatial.resize_displacement(lesion_case["truth"], (24, 32, 24)),
+    ):
+        assert fused.score(disp) == pytest.approx(plain.score(disp), rel=1e-5)
+
+
 # ------------------------------------------------------------------ in the engine
 
 

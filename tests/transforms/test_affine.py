@@ -1,6 +1,6 @@
 """The affine step (:mod:`caio.transforms`): known rigid and affine transforms of real anatomy are recovered, also
 across grids of other voxel sizes and orientations and across contrasts; masks decide what the similarity sees; the
-deadline is kept; the inverse of a displacement (:func:`caio.spatial.invert_displacement`)."""
+deadline is kept; the inverse of a displacement (:func:`caio.transforms.fields.invert_displacement`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from helpers.affine_cases import (
 
 from caio import spatial
 from caio.transforms import AffineConfig, corner_error_mm, register_affine
+from caio.transforms.fields import invert_displacement, preimage
 from caio.transforms.world import centre_of_mass
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small volumes: one thread is faster on 2 shared cores
@@ -135,7 +136,7 @@ def smooth_field(shape, amplitude: float, seed: int = 0) -> torch.Tensor:
 def test_inverse_displacement_composed_with_the_field_is_close_to_identity():
     disp = smooth_field((32, 32, 32), amplitude=3.0)
     assert float(spatial.jacobian_determinant(disp).min()) > 0.1  # invertible, but far from a small shift
-    inverse = spatial.invert_displacement(disp, iterations=30)
+    inverse = invert_displacement(disp, iterations=30)
     inner = (slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
     forward_back = spatial.inverse_consistency_error(disp, inverse)[inner]  # disp, then inverse
     back_forward = spatial.compose(disp, inverse).norm(dim=1)[inner]  # inverse, then disp: what the iteration solves
@@ -144,3 +145,32 @@ def test_inverse_displacement_composed_with_the_field_is_close_to_identity():
     assert float(naive.mean()) > 2 * float(forward_back.mean())
     in_mm = spatial.inverse_consistency_error(disp, -disp, spacing=(2.0, 2.0, 2.0))
     torch.testing.assert_close(in_mm, 2 * spatial.inverse_consistency_error(disp, -disp))
+
+
+def radial_expansion(shape, gain: float, sigma: float) -> torch.Tensor:
+    """``u(x) = gain (x - c) exp(-|x - c|^2 / 2 sigma^2)``: the map expands ``1 + gain`` times per axis at the
+    centre ``c`` and stays invertible for ``gain < e``."""
+    grid = spatial.identity_grid(shape, dtype=torch.float64)
+    offset = grid - torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    weight = torch.exp(-(offset**2).sum(dim=1, keepdim=True) / (2 * sigma**2))
+    return (gain * offset * weight).float()
+
+
+def test_inverse_holds_where_the_map_expands_more_than_twice():
+    disp = radial_expansion((32, 32, 32), gain=2.0, sigma=4.0)
+    assert float(spatial.jacobian_determinant(disp).max()) > 8 and float(spatial.jacobian_determinant(disp).min()) > 0
+    inverse = invert_displacement(disp)
+    assert float(spatial.compose(disp, inverse).norm(dim=1).max()) < 1e-3  # x + v(x) lands where disp maps it from
+    plain = -disp  # the plain fixed-point iteration v <- -disp(x + v(x)) oscillates where the expansion exceeds 2
+    for _ in range(30):
+        plain = -spatial.warp(disp, plain)
+    assert float(spatial.compose(disp, plain).norm(dim=1).max()) > 0.1
+
+
+def test_preimage_of_points_off_the_grid():
+    disp = smooth_field((24, 24, 24), amplitude=2.0, seed=3).double()
+    targets = 4 + 15 * torch.rand((1, 3, 5, 6, 7), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    points, residual = preimage(disp, targets)
+    assert points.shape == targets.shape and residual.shape == (1, 5, 6, 7)
+    torch.testing.assert_close(points + spatial.sample(disp, points), targets, atol=1e-4, rtol=0)
+    assert float(residual.max()) <= 1e-4

@@ -56,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if math.isnan(decision.score):
         raise CaioInputError(f"{args.moving}: no voxel is non-zero in both images; cannot score the pair")
     label = "cross-contrast" if decision.cross_contrast else "same-contrast"
-    print(f"score={decision.score:.4f} threshold={cfg.threshold:g} decision={label}")
+    tissue = "" if math.isnan(decision.tissue) else f" tissue={decision.tissue:.4f}"
+    ambiguous = " (ambiguous: registered as cross-contrast)" if decision.ambiguous else ""
+    print(f"score={decision.score:.4f}{tissue} threshold={cfg.threshold:g} decision={label}{ambiguous}")
     return 0

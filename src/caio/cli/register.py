@@ -22,7 +22,7 @@ it. For a pair on one grid with ``--affine none`` the values are those of the fi
 ``--itk-affine A.mat|A.txt`` and ``--itk-warp W.nii.gz``: the same map for ANTs, ITK and Slicer
 (:mod:`caio.io.itk`): ``antsApplyTransforms -d 3 -i moving -r fixed -t W.nii.gz -t A.mat``.
 ``--inverse-warp FILE``: the inverse map (fixed voxels, on the moving grid; ``caio warp --disp FILE --moving
-fixed`` brings the fixed image onto the moving one); the printed line gives its mean inverse-consistency error.
+fixed`` brings the fixed image onto the moving one); the printed line gives its mean round-trip error (mm).
 
 ``--fixed-mask``/``--moving-mask``: only voxels inside both masks (the moving one carried along with the moving
 image) enter the similarity, in the affine and the deformable step. A mask on another grid is resampled

@@ -30,6 +30,13 @@ A score in ``[threshold, ambiguous_below)`` is called same-contrast but flagged
 synthetic benchmark set), T1-T1 pairs of one scanner from 0.46 up; the registration engine
 treats such a pair as cross-contrast (its remapping loses 0.004 Dice on a T1-T1 pair and
 gains 0.08-0.10 on a FLAIR-like one).
+
+Real FLAIR against T1 of the same patient scores 0.60-0.67 (aurora, TCGA-DU-7294 in ``bench/lesion_contrasts.py``),
+inside the T1-T1 range: at 4 mm the dark CSF of both dominates every window. The **tissue score**
+(:func:`tissue_score`) looks past it: the same signed LNCC at 2 mm, inside the tissue only (voxels above the
+40th brain percentile in both images, where CSF no longer enters), where the GM/WM inversion of FLAIR shows. A
+same-contrast call whose tissue score is below :attr:`GateConfig.tissue_below` is ``ambiguous`` too
+(docs/gate_calibration.md, "Tissue score").
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class GateConfig:
         ambiguous_below: scores from ``threshold`` up to this are same-contrast but ``ambiguous``
             (T1 vs FLAIR-like and T1-T1 pairs both occur there).
         eps: added to each local variance (images scaled to [0, 1]); flat windows count ~0.
+        tissue_factor: block size of the tissue score's downsampling (full-resolution voxels).
+        tissue_quantile: the tissue is where both images exceed this quantile of their brain's values.
+        tissue_below: a same-contrast call with a tissue score below this is ``ambiguous``.
     """
 
     factor: int = 4
@@ -65,18 +75,23 @@ class GateConfig:
     threshold: float = 0.2
     ambiguous_below: float = 0.45
     eps: float = 1e-4
+    tissue_factor: int = 2
+    tissue_quantile: float = 0.4
+    tissue_below: float = 0.14
 
 
 @dataclass(frozen=True)
 class GateDecision:
     """Outcome of :func:`decide`: ``score`` (NaN when it could not be computed), the decision,
     whether the decision was forced by the caller rather than taken from the score, and whether
-    a same-contrast decision from the score is ``ambiguous`` (:attr:`GateConfig.ambiguous_below`)."""
+    a same-contrast decision from the score is ``ambiguous`` (:attr:`GateConfig.ambiguous_below`, or a
+    ``tissue`` score below :attr:`GateConfig.tissue_below`; NaN where it was not computed)."""
 
     score: float
     cross_contrast: bool
     forced: bool
     ambiguous: bool = False
+    tissue: float = math.nan
 
 
 def _as_volume(image: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -101,6 +116,25 @@ def _masked_block_mean(f: torch.Tensor, m: torch.Tensor, factor: int) -> tuple[t
     return stack[:, :2] / weight.clamp_min(1e-6), weight >= 0.5
 
 
+def _low_resolution(
+    fixed: torch.Tensor | np.ndarray, moving: torch.Tensor | np.ndarray, factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both images block-averaged by ``factor`` inside both brains (:func:`_masked_block_mean`)."""
+    f, m = _as_volume(fixed), _as_volume(moving)
+    if f.shape != m.shape:
+        raise ValueError(f"fixed {tuple(f.shape)} and moving {tuple(m.shape)} must share a grid")
+    return _masked_block_mean(f, m, factor)
+
+
+def _mean_lncc(low: torch.Tensor, mask: torch.Tensor, cfg: GateConfig) -> float:
+    """Mean signed LNCC over ``mask`` of the two channels of ``low``, each divided by its maximum and 0 outside
+    ``mask`` (windows normalised by their weight inside it)."""
+    w = mask.float()
+    low = low / low.amax(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6) * w  # each image in [0, 1], 0 outside
+    cc = masked_lncc(low[:, :1], low[:, 1:], w, float(cfg.sigma_vox), cfg.eps)
+    return float(cc[mask].mean())
+
+
 def gate_score(
     fixed: torch.Tensor | np.ndarray, moving: torch.Tensor | np.ndarray, cfg: GateConfig = GateConfig()
 ) -> float:
@@ -114,17 +148,24 @@ def gate_score(
     Raises:
         ValueError: the two images have different shapes.
     """
-    f, m = _as_volume(fixed), _as_volume(moving)
-    if f.shape != m.shape:
-        raise ValueError(f"fixed {tuple(f.shape)} and moving {tuple(m.shape)} must share a grid")
-    low, low_mask = _masked_block_mean(f, m, int(cfg.factor))
+    low, low_mask = _low_resolution(fixed, moving, int(cfg.factor))
+    return _mean_lncc(low, low_mask, cfg) if bool(low_mask.any()) else math.nan
+
+
+def tissue_score(
+    fixed: torch.Tensor | np.ndarray, moving: torch.Tensor | np.ndarray, cfg: GateConfig = GateConfig()
+) -> float:
+    """Mean signed LNCC inside the tissue at ``cfg.tissue_factor``: as :func:`gate_score`, restricted to the
+    low-resolution voxels where both images exceed their ``cfg.tissue_quantile`` brain quantile (CSF and
+    partial-volume edges, dark in T1 and FLAIR alike, left out). NaN when no such voxel exists."""
+    low, low_mask = _low_resolution(fixed, moving, int(cfg.tissue_factor))
     if not bool(low_mask.any()):
         return math.nan
-    w = low_mask.float()
-    top = low.amax(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
-    low = low / top * w  # each image in [0, 1], background 0
-    cc = masked_lncc(low[:, :1], low[:, 1:], w, float(cfg.sigma_vox), cfg.eps)
-    return float(cc[low_mask].mean())
+    tissue = low_mask.clone()
+    for channel in range(2):
+        values = low[:, channel : channel + 1]
+        tissue &= values > torch.quantile(values[low_mask], float(cfg.tissue_quantile))
+    return _mean_lncc(low, tissue, cfg) if bool(tissue.any()) else math.nan
 
 
 def is_cross_contrast(score: float, cfg: GateConfig = GateConfig()) -> bool:
@@ -145,7 +186,11 @@ def decide(
     if math.isnan(score):
         log.warning("gate: the brain masks do not overlap; treating the pair as same-contrast")
     cross = is_cross_contrast(score, cfg)
-    return GateDecision(score, cross, False, not cross and score < cfg.ambiguous_below)  # NaN: not ambiguous
+    if cross or math.isnan(score):
+        return GateDecision(score, cross, False)
+    tissue = tissue_score(fixed, moving, cfg)
+    ambiguous = score < cfg.ambiguous_below or tissue < cfg.tissue_below  # a NaN tissue score is not evidence
+    return GateDecision(score, cross, False, ambiguous, tissue)
 
 
 # ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from caio import spatial
 from caio.engine import images
 from caio.engine.cpu_backend import NumbaKernels
 from caio.engine.optimizer import LevelSettings, TorchKernels, optimise_level
-from caio.engine.routes import Route
+from caio.engine.routes import Route, with_grid_work
 from caio.engine.safeguard import MIN_CHECKED_SIDE, AlignmentCheck, CheckedField, judge
 from caio.engine.schedule import CostModel, plan_iterations
 from caio.engine.settings import EngineConfig
@@ -115,9 +115,10 @@ class LevelRunner:
     def start_route(self, route: Route) -> None:
         """Switch to ``route``: its first level's kernels and its pyramids (the cost model carries over)."""
         measured = None if self.pyramid is None else self.pyramid.cost
-        self.route, self.halted = route, False
+        self.halted = False
         self.kernels = make_kernels(route, 0, self.cfg, self.device)
         self.pyramid = build_pyramid(self.fixed, self.moving, route, self.kernels, self.cfg, measured)
+        self.route = with_grid_work(route, self.pyramid.voxels, self.cfg)
 
     def mind_fits(self) -> bool:
         """The descriptors and ``min_iterations + 2`` iterations of the coarsest MIND-SSC level fit before the
@@ -241,7 +242,9 @@ class LevelRunner:
         made the pair worse, and stop the route when it left the pair worse than the start."""
         started = time.monotonic()
         if self.check is None:
-            self.check = AlignmentCheck(self.fixed, self.moving, self.cfg.safeguard_factor)
+            self.check = AlignmentCheck(
+                self.fixed, self.moving, self.cfg.safeguard_factor, self.cfg.cpu_kernels, self.kernels
+            )
             self.start_checked = self.best_checked = CheckedField(self.check.score(self.init), self.init, "the start")
         new = CheckedField(self.check.score(self.disp), self.disp, label)
         verdict = judge(self.start_checked, self.best_checked, new, self.cfg.safeguard_tolerance)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
 from caio import spatial
@@ -33,7 +34,8 @@ from caio.engine.levels import LevelRunner
 from caio.engine.routes import LEAD_SIMILARITIES, first_route, route_after_lead, route_for
 from caio.engine.settings import EngineConfig
 from caio.engine.trace import EngineTrace
-from caio.kernels import filters
+from caio.kernels import fields, filters
+from caio.similarity.mind import MIND_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ def warm_up() -> float:
     for kind in ("lncc", "mind"):
         register(image, image, similarity=kind, device="cpu", config=config)
     filters.compile_streaming()  # 1 mm volumes only: else the first full-size pair would compile it on its clock
+    blank = np.zeros((MIND_CHANNELS, 2, 2, 2), np.float32)  # the safeguard's score: levels of 12^3 are not checked
+    fields.masked_warped_ssd(blank, blank, np.zeros((3, 2, 2, 2), np.float32), np.ones((2, 2, 2), bool))
     return time.monotonic() - start
 
 

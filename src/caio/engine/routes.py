@@ -17,7 +17,8 @@ seconds at 1 mm), and then choose their route (:func:`route_after_lead`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from caio.engine.settings import EngineConfig
@@ -67,6 +68,20 @@ def route_for(name: str, cfg: EngineConfig) -> Route:
     else:
         remapped = frozenset()
     return Route(name, factors, iterations, remapped)
+
+
+def with_grid_work(route: Route, voxels: Sequence[int], cfg: EngineConfig) -> Route:
+    """``route`` with the ``"lncc"`` route's finest level raised to ``cfg.finest_work / voxels[-1]`` iterations
+    (at most ``cfg.finest_max_iterations``, never below the configured ones) on grids of at least
+    ``cfg.finest_work_min_voxels``; other routes, smaller grids and levels configured with 0 iterations unchanged."""
+    if route.name != "lncc" or cfg.finest_work is None or not voxels or route.iterations[-1] == 0:
+        return route
+    if int(voxels[-1]) < cfg.finest_work_min_voxels:
+        return route
+    wanted = min(int(cfg.finest_max_iterations), round(float(cfg.finest_work) / max(int(voxels[-1]), 1)))
+    if wanted <= route.iterations[-1]:
+        return route
+    return dataclasses.replace(route, iterations=(*route.iterations[:-1], wanted))
 
 
 def first_route(similarity: str, cfg: EngineConfig) -> Route:

@@ -22,9 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from caio import spatial
+from caio.engine import images
+from caio.engine.cpu_backend import NumbaKernels
+from caio.engine.optimizer import TorchKernels
+from caio.kernels.fields import masked_warped_ssd
 from caio.similarity.mind import mind_ssc
 
 NOISE = 0.01
@@ -57,21 +62,41 @@ class AlignmentCheck:
         fixed, moving: ``[1, 1, D0, D1, D2]`` images of the pair (the engine's cropped, scaled ones).
         max_factor: largest grid-size divisor of the grid the check runs on; smaller where that grid would have
             fewer than :data:`MIN_CHECK_GRID_SIDE` voxels along an axis.
+        cpu_kernels: score with the fused Numba kernel (:func:`caio.kernels.fields.masked_warped_ssd`) when the
+            images are on the CPU: the same number without a warped copy of the 12 channels.
+        kernels: the engine's backend (:func:`caio.engine.levels.make_kernels`): the images are brought to the
+            check's grid as the engine's pyramid brings them (:func:`caio.engine.images.pyramid`; on a CPU 0.05
+            instead of 0.6 s per 1 mm image); ``None``: :func:`caio.spatial.resize_image`.
     """
 
-    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, max_factor: int = 2) -> None:
+    def __init__(
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        max_factor: int = 2,
+        cpu_kernels: bool = True,
+        kernels: TorchKernels | NumbaKernels | None = None,
+    ) -> None:
         factor = max(1, min(max_factor, min(fixed.shape[2:]) // MIN_CHECK_GRID_SIDE))
         self.shape = spatial.scaled_shape(fixed.shape[2:], factor)
-        fixed, moving = (spatial.resize_image(x.float(), self.shape) for x in (fixed, moving))
+        if kernels is None:
+            fixed, moving = (spatial.resize_image(x.float(), self.shape) for x in (fixed, moving))
+        else:
+            fixed, moving = (images.pyramid(x.float(), (factor,), kernels)[factor] for x in (fixed, moving))
         self.mask = fixed[0, 0] > 0.02 * float(fixed.max())
         self.fixed, self.moving = (mind_ssc(x, radius=1, dilation=1) for x in (fixed, moving))
+        self.fused = cpu_kernels and self.fixed.device.type == "cpu"
 
     def score(self, disp: torch.Tensor | None) -> float:
         """Minus the mean squared descriptor difference inside the fixed foreground of the moving image warped by
         ``disp`` (``[1, 3, ...]`` voxels of any grid of the pair; ``None``: no displacement); higher is better."""
-        warped = self.moving
-        if disp is not None:
-            warped = spatial.warp(self.moving, spatial.resize_displacement(disp.float(), self.shape))
+        if disp is None:
+            return -float((self.fixed - self.moving).square().sum(dim=1)[0][self.mask].mean())
+        disp = spatial.resize_displacement(disp.float(), self.shape)
+        if self.fused:
+            arrays = (np.ascontiguousarray(x[0].numpy(), dtype=np.float32) for x in (self.fixed, self.moving, disp))
+            return -float(masked_warped_ssd(*arrays, self.mask.numpy()))
+        warped = spatial.warp(self.moving, disp)
         return -float((self.fixed - warped).square().sum(dim=1)[0][self.mask].mean())
 
 

@@ -63,6 +63,18 @@ def _trilinear(c000, c001, c010, c011, c100, c101, c110, c111, fx, fy, fz):
     return c0 + (c1 - c0) * fx, c1 - c0, d1, e0 * (1.0 - fx) + e1 * fx
 
 
+@njit(cache=True, inline="always")
+def _value(field, c, i0, j0, k0, i1, j1, k1, fx, fy, fz):
+    """Trilinear value of channel ``c`` of ``field`` in the cell with corners ``(i0, j0, k0)``, ``(i1, j1, k1)``."""
+    c00 = field[c, i0, j0, k0] + (field[c, i0, j0, k1] - field[c, i0, j0, k0]) * fz
+    c01 = field[c, i0, j1, k0] + (field[c, i0, j1, k1] - field[c, i0, j1, k0]) * fz
+    c10 = field[c, i1, j0, k0] + (field[c, i1, j0, k1] - field[c, i1, j0, k0]) * fz
+    c11 = field[c, i1, j1, k0] + (field[c, i1, j1, k1] - field[c, i1, j1, k0]) * fz
+    c0 = c00 + (c01 - c00) * fy
+    c1 = c10 + (c11 - c10) * fy
+    return c0 + (c1 - c0) * fx
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def warp_with_gradient(moving, disp, warped, gradient):
     """Trilinear pull-back warp of every channel and the gradient of the interpolant there.
@@ -136,13 +148,7 @@ def compose_fields(u, v, out):
                 k0, fz, _c = _corner(n2, k + v[2, i, j, k])
                 i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
                 for c in range(3):
-                    c00 = u[c, i0, j0, k0] + (u[c, i0, j0, k1] - u[c, i0, j0, k0]) * fz
-                    c01 = u[c, i0, j1, k0] + (u[c, i0, j1, k1] - u[c, i0, j1, k0]) * fz
-                    c10 = u[c, i1, j0, k0] + (u[c, i1, j0, k1] - u[c, i1, j0, k0]) * fz
-                    c11 = u[c, i1, j1, k0] + (u[c, i1, j1, k1] - u[c, i1, j1, k0]) * fz
-                    c0 = c00 + (c01 - c00) * fy
-                    c1 = c10 + (c11 - c10) * fy
-                    out[c, i, j, k] = v[c, i, j, k] + c0 + (c1 - c0) * fx
+                    out[c, i, j, k] = v[c, i, j, k] + _value(u, c, i0, j0, k0, i1, j1, k1, fx, fy, fz)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -209,3 +215,43 @@ def scale_to_max_norm(field: np.ndarray, length: float) -> None:
     top = math.sqrt(_max_squared_norm(field))
     if top > 0:
         _scale(field, np.float32(length / top))
+
+
+@njit(cache=True, inline="always")
+def _warped_squared_difference(fixed, moving, disp, i, j, k):
+    """``sum_c (fixed[c](x) - moving[c](x + disp(x)))^2`` at voxel ``x = (i, j, k)``."""
+    nc, n0, n1, n2 = moving.shape
+    i0, fx, _a = _corner(n0, i + disp[0, i, j, k])
+    j0, fy, _b = _corner(n1, j + disp[1, i, j, k])
+    k0, fz, _c = _corner(n2, k + disp[2, i, j, k])
+    i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
+    total = 0.0
+    for c in range(nc):
+        diff = fixed[c, i, j, k] - _value(moving, c, i0, j0, k0, i1, j1, k1, fx, fy, fz)
+        total += diff * diff
+    return total
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def masked_warped_ssd(fixed, moving, disp, mask):
+    """Mean over ``mask`` of ``sum_c (fixed[c](x) - moving[c](x + disp(x)))^2`` (trilinear, border clamp): the
+    safeguard's score (:class:`caio.engine.safeguard.AlignmentCheck`) without a warped copy of every channel.
+
+    Args:
+        fixed, moving: ``(C, D0, D1, D2)`` float32.
+        disp: ``(3, D0, D1, D2)`` float32 voxels.
+        mask: ``(D0, D1, D2)`` bool.
+    Returns:
+        The mean in float64 (0 for an empty mask).
+    """
+    _, n0, n1, n2 = moving.shape
+    sums = np.zeros(n0)
+    counts = np.zeros(n0)
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                if mask[i, j, k]:
+                    sums[i] += _warped_squared_difference(fixed, moving, disp, i, j, k)
+                    counts[i] += 1.0
+    n = counts.sum()
+    return sums.sum() / n if n > 0 else 0.0

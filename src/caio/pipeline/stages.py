@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,8 @@ def run_gate(fixed: torch.Tensor, moving: torch.Tensor, pair: Pair, cfg: Pipelin
         return None, cross, cfg.gate is not None, False
     cross = bool(decision.cross_contrast)
     detail = f"{'cross' if cross else 'same'} contrast" + (" (ambiguous score)" if decision.ambiguous else "")
+    if not math.isnan(decision.tissue):
+        detail += f", tissue score {decision.tissue:.2f}"
     trace.record("gate", "ran", time.monotonic() - start, detail)
     return float(decision.score), cross, bool(decision.forced), bool(decision.ambiguous)
 
