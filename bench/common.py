@@ -155,6 +155,22 @@ def mean_dice(fixed_seg: np.ndarray, moving_seg: np.ndarray, labels: Iterable[in
     return float(np.mean(scores))
 
 
+def mean_tre_mm(fixed_seg: np.ndarray, warped_seg: np.ndarray, labels: Iterable[int], affine: np.ndarray) -> float:
+    """The TRE proxy: mean over ``labels`` of the distance (mm, through ``affine``'s linear part) between each
+    label's centroid in the fixed map and in the warped moving map, as LUMIR computes TRE from landmark images
+    (:mod:`caio.metrics.landmarks`); a label absent from the warped map is left out."""
+    from scipy import ndimage
+
+    labels = [int(label) for label in labels]
+    ones = np.ones(fixed_seg.shape, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a label absent from a map: NaN centroid, left out
+        fixed = np.asarray(ndimage.center_of_mass(ones, fixed_seg, labels))
+        warped = np.asarray(ndimage.center_of_mass(ones, np.asarray(warped_seg).astype(np.int64), labels))
+    linear = np.asarray(affine, np.float64)[:3, :3]
+    distances = np.linalg.norm((fixed - warped) @ linear.T, axis=1)
+    return float(np.nanmean(distances))
+
+
 def evaluator_scores(
     fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray, mask_image: np.ndarray, labels: list[int]
 ) -> dict:

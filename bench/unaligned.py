@@ -49,6 +49,7 @@ WORK = OUT / "unaligned_work"
 COLUMNS = {  # row key -> (column title, digits)
     "dice_affine": ("Dice affine", 3),
     "dice": ("Dice", 3),
+    "tre": ("TRE mm", 2),
     "seconds": ("s", 1),
     "affine_seconds": ("s affine", 1),
     "ndv": ("NDV %", 4),

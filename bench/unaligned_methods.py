@@ -1,7 +1,8 @@
 """The methods of :mod:`bench.unaligned` and what is measured on their outputs.
 
 Each ``run_*`` registers one case (:mod:`bench.unaligned_cases`) with its outputs kept in a work folder, and
-returns a row: ``dice_affine`` (labels through the affine alone), ``dice`` (affine + deformable), ``seconds``
+returns a row: ``dice_affine`` (labels through the affine alone), ``dice`` and ``tre`` (affine + deformable;
+``tre`` = the TRE proxy, mm: label-centroid distance, :func:`bench.common.mean_tre_mm`), ``seconds``
 (the registration calls' wall clock, reading and writing included), ``ndv`` (% of the fixed brain, fixed labels
 > 0, where the deformable part folds: :func:`caio.metrics.ndv.ndv_percent` of the tool's displacement field in
 fixed voxels; the affine part of every tool has a positive determinant), ``corner_mm`` (mean distance at the 8
@@ -40,7 +41,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench.common import common_labels, mean_dice, thread_env
+from bench.common import common_labels, mean_dice, mean_tre_mm, thread_env
 from bench.unaligned_cases import read_meta
 
 
@@ -62,6 +63,11 @@ class Pair:
 
     def dice(self, warped: np.ndarray) -> float:
         return mean_dice(self.fixed_seg, np.asarray(warped).astype(np.int64), self.labels)
+
+    def scores(self, warped: np.ndarray) -> dict:
+        """``dice`` and ``tre`` (the TRE proxy, mm: :func:`bench.common.mean_tre_mm`) of warped moving labels."""
+        warped = np.asarray(warped).astype(np.int64)
+        return {"dice": self.dice(warped), "tre": mean_tre_mm(self.fixed_seg, warped, self.labels, self.fixed_affine)}
 
 
 def load_pair(case: Path) -> Pair:
@@ -162,12 +168,13 @@ def run_caio(pair: Pair, work: Path, threads: int) -> dict:
     from caio.io.itk import read_itk_affine
 
     transform = read_itk_affine(affine_file)
-    dice = pair.dice(np.asarray(nib.load(str(work / "warped_seg.nii.gz")).dataobj))
+    scores = pair.scores(np.asarray(nib.load(str(work / "warped_seg.nii.gz")).dataobj))
+    dice = scores["dice"]
     match = re.search(r"inverse_error_mm=([0-9.]+)", printed)
     affine_seconds = re.search(r"it, ([0-9.]+)s", printed)
     row = {
         "dice_affine": pair.dice(labels_through(pair, transform)),
-        "dice": dice,
+        **scores,
         "seconds": seconds,
         "affine_seconds": float(affine_seconds.group(1)) if affine_seconds else None,
         "ndv": ndv_of_itk_field(pair, outputs["itk_warp"]),
@@ -291,7 +298,7 @@ def run_greedy(pair: Pair, work: Path, threads: int) -> dict:
     matrix = read_greedy_matrix(affine)
     return {
         "dice_affine": pair.dice(labels_through_itk(pair, matrix)),
-        "dice": pair.dice(labels_through_itk(pair, matrix, warp)),
+        **pair.scores(labels_through_itk(pair, matrix, warp)),
         "seconds": seconds,
         "affine_seconds": affine_seconds,
         "ndv": ndv_of_itk_field(pair, warp),
@@ -320,7 +327,7 @@ def run_ants(pair: Pair, work: Path, threads: int) -> dict:
     warp = next(Path(t) for t in transforms if t.endswith(".nii.gz"))
     return {
         "dice_affine": pair.dice(labels([transforms[-1]])),
-        "dice": pair.dice(labels(transforms)),
+        **pair.scores(labels(transforms)),
         "seconds": seconds,
         "ndv": ndv_of_itk_field(pair, warp),
     }

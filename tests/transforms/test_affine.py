@@ -174,3 +174,20 @@ def test_preimage_of_points_off_the_grid():
     assert points.shape == targets.shape and residual.shape == (1, 5, 6, 7)
     torch.testing.assert_close(points + spatial.sample(disp, points), targets, atol=1e-4, rtol=0)
     assert float(residual.max()) <= 1e-4
+
+
+def test_the_affine_stages_adam_takes_torch_optim_adams_steps():
+    from caio.transforms.affine import _Adam
+
+    theta = torch.randn(12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    reference = theta.detach().clone().requires_grad_(True)
+    ours, torchs = _Adam(theta), torch.optim.Adam([reference], lr=0.02)
+    for step in range(50):
+        lr = 0.02 * (1 - 0.8 * step / 50)  # the decaying step of the affine stage
+        for x in (theta, reference):
+            x.grad = None
+            ((x - 1.0) ** 4).sum().backward()
+        ours.step(lr)
+        torchs.param_groups[0]["lr"] = lr
+        torchs.step()
+    torch.testing.assert_close(theta.detach(), reference.detach(), rtol=0, atol=1e-12)
