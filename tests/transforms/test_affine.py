@@ -191,3 +191,13 @@ def test_the_affine_stages_adam_takes_torch_optim_adams_steps():
         torchs.param_groups[0]["lr"] = lr
         torchs.step()
     torch.testing.assert_close(theta.detach(), reference.detach(), rtol=0, atol=1e-12)
+
+
+def test_the_affine_pyramids_cpu_blur_equals_resize_image():
+    from caio.transforms.world import antialiased_resize
+
+    image = torch.rand((1, 2, 30, 25, 21), generator=torch.Generator().manual_seed(4))
+    for shape in ((10, 25, 7), (15, 12, 21), (29, 24, 20), (30, 25, 21)):  # one axis kept, some shrunk, none
+        torch.testing.assert_close(
+            antialiased_resize(image, shape), spatial.resize_image(image, shape), atol=1e-5, rtol=0
+        )

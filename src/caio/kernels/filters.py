@@ -180,3 +180,20 @@ def separable_filter(
     _filter_outer_axis(a, b, weights, replicate, 1)
     _filter_axis2(b, a, weights, replicate)
     return a
+
+
+def filter_each_axis(x: np.ndarray, kernels: tuple[np.ndarray | None, ...], replicate: bool) -> np.ndarray:
+    """Apply ``kernels[a]`` (odd-length 1-D, or ``None`` to leave the axis) along spatial axis ``a`` of
+    ``(C, D0, D1, D2)``: :func:`separable_filter` with a kernel of its own per axis (an anisotropic Gaussian)."""
+    current = np.ascontiguousarray(x, dtype=np.float32)
+    for axis, weights in enumerate(kernels):
+        if weights is None:
+            continue
+        out = np.empty_like(current)
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+        if axis < 2:
+            _filter_outer_axis(current, out, weights, replicate, axis)
+        else:
+            _filter_axis2(current, out, weights, replicate)
+        current = out
+    return current

@@ -220,7 +220,7 @@ def _pyramid(image, affine, mask, config: AffineConfig) -> list[tuple[Grid, torc
     levels = []
     for spacing in config.spacings_mm:
         level = world.downsample(base, spacing, config.min_level_size)
-        levels.append((level, spatial.resize_image(weight, level.shape)))
+        levels.append((level, world.antialiased_resize(weight, level.shape)))
     return levels
 
 

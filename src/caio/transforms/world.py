@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from caio import spatial
+from caio.kernels.filters import filter_each_axis
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,25 @@ def level_affine(affine: np.ndarray, old_shape: Sequence[int], new_shape: Sequen
 
 
 def downsample(grid: Grid, spacing_mm: float, minimum: int = 8) -> Grid:
-    """``grid`` resampled (anti-aliased) to voxels of about ``spacing_mm``."""
+    """``grid`` resampled (anti-aliased) to voxels of about ``spacing_mm``: :func:`caio.spatial.resize_image`,
+    with its Gaussian run by the Numba axis filters on a CPU (1.8 s of PyTorch ``conv3d`` for the 1.6 mm moving
+    image of a 2 mm pair, a third of the affine stage there)."""
     shape = level_shape(grid.shape, grid.affine, spacing_mm, minimum)
-    image = spatial.resize_image(grid.image, shape)
-    return Grid(image, level_affine(grid.affine, grid.shape, shape))
+    return Grid(antialiased_resize(grid.image, shape), level_affine(grid.affine, grid.shape, shape))
+
+
+def antialiased_resize(image: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """:func:`caio.spatial.resize_image` of ``[1, C, ...]`` (the same Gaussians: ``sigma = 0.5 * factor`` voxels
+    along each shrinking axis, replicate padding, then trilinear resampling)."""
+    if image.device.type != "cpu" or image.dtype != torch.float32 or image.shape[0] != 1:
+        return spatial.resize_image(image, shape)
+    old = tuple(image.shape[2:])
+    scales = spatial.grid_scale(old, shape)
+    kernels = tuple(
+        spatial.gaussian_kernel1d(0.5 * s).numpy() if n < o else None for s, n, o in zip(scales, shape, old)
+    )
+    blurred = torch.from_numpy(filter_each_axis(image[0].numpy(), kernels, replicate=True))[None]
+    return spatial.resize_image(blurred, shape, antialias=False)
 
 
 def along_axes_of(grid: Grid, weight: torch.Tensor, reference_affine: np.ndarray) -> tuple[Grid, torch.Tensor]:
