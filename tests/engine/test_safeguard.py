@@ -10,7 +10,10 @@ from helpers.data import require_path
 
 from caio import spatial
 from caio.engine import EngineConfig, register
+from caio.engine.cpu_backend import NumbaKernels
+from caio.engine.optimizer import TorchKernels
 from caio.engine.safeguard import AlignmentCheck, CheckedField, judge
+from caio.similarity.ssd import ssd_and_gradient
 from caio.synth.generator import random_displacement
 
 LESION_CROP = "brats_lesion_t1_t2_flair_3mm.npz"
@@ -78,8 +81,9 @@ def test_the_check_scores_the_true_field_above_no_field_in_every_contrast(lesion
 
 
 def test_the_fused_cpu_score_equals_the_torch_score(lesion_case):
-    fused = AlignmentCheck(lesion_case["fixed"], lesion_case["t2"], max_factor=1)
-    plain = AlignmentCheck(lesion_case["fixed"], lesion_case["t2"], max_factor=1, cpu_kernels=False)
+    cpu, torch_path = NumbaKernels("mind"), TorchKernels(ssd_and_gradient)  # the engine's two backends
+    fused = AlignmentCheck(lesion_case["fixed"], lesion_case["t2"], max_factor=1, kernels=cpu)
+    plain = AlignmentCheck(lesion_case["fixed"], lesion_case["t2"], max_factor=1, kernels=torch_path)
     assert fused.fused and not plain.fused
     for disp in (
         lesion_case["truth"],

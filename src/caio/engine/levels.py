@@ -242,9 +242,7 @@ class LevelRunner:
         made the pair worse, and stop the route when it left the pair worse than the start."""
         started = time.monotonic()
         if self.check is None:
-            self.check = AlignmentCheck(
-                self.fixed, self.moving, self.cfg.safeguard_factor, self.cfg.cpu_kernels, self.kernels
-            )
+            self.check = AlignmentCheck(self.fixed, self.moving, self.cfg.safeguard_factor, self.kernels)
             self.start_checked = self.best_checked = CheckedField(self.check.score(self.init), self.init, "the start")
         new = CheckedField(self.check.score(self.disp), self.disp, label)
         verdict = judge(self.start_checked, self.best_checked, new, self.cfg.safeguard_tolerance)

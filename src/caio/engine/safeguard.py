@@ -62,11 +62,11 @@ class AlignmentCheck:
         fixed, moving: ``[1, 1, D0, D1, D2]`` images of the pair (the engine's cropped, scaled ones).
         max_factor: largest grid-size divisor of the grid the check runs on; smaller where that grid would have
             fewer than :data:`MIN_CHECK_GRID_SIDE` voxels along an axis.
-        cpu_kernels: score with the fused Numba kernel (:func:`caio.kernels.fields.masked_warped_ssd`) when the
-            images are on the CPU: the same number without a warped copy of the 12 channels.
         kernels: the engine's backend (:func:`caio.engine.levels.make_kernels`): the images are brought to the
             check's grid as the engine's pyramid brings them (:func:`caio.engine.images.pyramid`; on a CPU 0.05
-            instead of 0.6 s per 1 mm image); ``None``: :func:`caio.spatial.resize_image`.
+            instead of 0.6 s per 1 mm image), and with the CPU backend (:class:`NumbaKernels`) each score is one
+            fused pass (:func:`caio.kernels.fields.masked_warped_ssd`: the same number without a warped copy of
+            the 12 channels); ``None``: :func:`caio.spatial.resize_image` and PyTorch scores.
     """
 
     def __init__(
@@ -74,7 +74,6 @@ class AlignmentCheck:
         fixed: torch.Tensor,
         moving: torch.Tensor,
         max_factor: int = 2,
-        cpu_kernels: bool = True,
         kernels: TorchKernels | NumbaKernels | None = None,
     ) -> None:
         factor = max(1, min(max_factor, min(fixed.shape[2:]) // MIN_CHECK_GRID_SIDE))
@@ -85,7 +84,7 @@ class AlignmentCheck:
             fixed, moving = (images.pyramid(x.float(), (factor,), kernels)[factor] for x in (fixed, moving))
         self.mask = fixed[0, 0] > 0.02 * float(fixed.max())
         self.fixed, self.moving = (mind_ssc(x, radius=1, dilation=1) for x in (fixed, moving))
-        self.fused = cpu_kernels and self.fixed.device.type == "cpu"
+        self.fused = isinstance(kernels, NumbaKernels)
 
     def score(self, disp: torch.Tensor | None) -> float:
         """Minus the mean squared descriptor difference inside the fixed foreground of the moving image warped by

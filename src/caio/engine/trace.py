@@ -28,7 +28,7 @@ class EngineTrace:
     ``init``) and of the returned field, both on the grid of the finest level that ran
     (``None`` when no level ran). ``similarity`` is the one that ran (``"cross"`` reports ``"remap"`` or
     ``"mind"``); ``explained``: the intensity map's share of the fixed variance that chose it (``"cross"``
-    only). ``checks``: the safeguard's score after each level (``label``, ``criterion``, ``score``, ``kept``);
+    only). ``checks``: the safeguard's score after each level (``label``, ``score``, ``kept``);
     ``safeguard``: what it did instead of keeping a level's field, one line each (:mod:`caio.engine.safeguard`);
     ``rerouted``: why an ``"auto"`` registration left the same-contrast route for MIND-SSC.
     """

@@ -64,6 +64,16 @@ def _trilinear(c000, c001, c010, c011, c100, c101, c110, c111, fx, fy, fz):
 
 
 @njit(cache=True, inline="always")
+def _value_and_gradient(field, c, i0, j0, k0, i1, j1, k1, fx, fy, fz):
+    """:func:`_trilinear` of channel ``c`` of ``field`` in the cell with corners ``(i0, j0, k0)``, ``(i1, j1, k1)``."""
+    return _trilinear(
+        field[c, i0, j0, k0], field[c, i0, j0, k1], field[c, i0, j1, k0], field[c, i0, j1, k1],
+        field[c, i1, j0, k0], field[c, i1, j0, k1], field[c, i1, j1, k0], field[c, i1, j1, k1],
+        fx, fy, fz,
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
 def _value(field, c, i0, j0, k0, i1, j1, k1, fx, fy, fz):
     """Trilinear value of channel ``c`` of ``field`` in the cell with corners ``(i0, j0, k0)``, ``(i1, j1, k1)``."""
     c00 = field[c, i0, j0, k0] + (field[c, i0, j0, k1] - field[c, i0, j0, k0]) * fz
@@ -95,19 +105,7 @@ def warp_with_gradient(moving, disp, warped, gradient):
                 k0, fz, gz = _corner(n2, k + disp[2, i, j, k])
                 i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
                 for c in range(nc):
-                    value, d0, d1, d2 = _trilinear(
-                        moving[c, i0, j0, k0],
-                        moving[c, i0, j0, k1],
-                        moving[c, i0, j1, k0],
-                        moving[c, i0, j1, k1],
-                        moving[c, i1, j0, k0],
-                        moving[c, i1, j0, k1],
-                        moving[c, i1, j1, k0],
-                        moving[c, i1, j1, k1],
-                        fx,
-                        fy,
-                        fz,
-                    )
+                    value, d0, d1, d2 = _value_and_gradient(moving, c, i0, j0, k0, i1, j1, k1, fx, fy, fz)
                     warped[c, i, j, k] = value
                     gradient[c, 0, i, j, k] = gx * d0
                     gradient[c, 1, i, j, k] = gy * d1

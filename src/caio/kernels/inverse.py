@@ -19,22 +19,13 @@ import math
 
 from numba import njit, prange
 
-from caio.kernels.fields import _corner, _trilinear
+from caio.kernels.fields import _corner, _value_and_gradient
 
 SINGULAR = 1e-3
 """``det(I + grad disp)`` below this (a fold or a near-collapse): take the fixed-point step instead of Newton's."""
 
 HALVINGS = 12
 """Step halvings tried before a point gives up (its residual no longer shrinks: a fold's pre-image is not unique)."""
-
-
-@njit(cache=True, inline="always")
-def _channel(disp, c, i0, j0, k0, i1, j1, k1, fx, fy, fz):
-    return _trilinear(
-        disp[c, i0, j0, k0], disp[c, i0, j0, k1], disp[c, i0, j1, k0], disp[c, i0, j1, k1],
-        disp[c, i1, j0, k0], disp[c, i1, j0, k1], disp[c, i1, j1, k0], disp[c, i1, j1, k1],
-        fx, fy, fz,
-    )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -45,9 +36,9 @@ def _residual_and_jacobian(disp, b, z):
     j0, fy, gy = _corner(n1, z[1])
     k0, fz, gz = _corner(n2, z[2])
     i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
-    v0, a00, a01, a02 = _channel(disp, 0, i0, j0, k0, i1, j1, k1, fx, fy, fz)
-    v1, a10, a11, a12 = _channel(disp, 1, i0, j0, k0, i1, j1, k1, fx, fy, fz)
-    v2, a20, a21, a22 = _channel(disp, 2, i0, j0, k0, i1, j1, k1, fx, fy, fz)
+    v0, a00, a01, a02 = _value_and_gradient(disp, 0, i0, j0, k0, i1, j1, k1, fx, fy, fz)
+    v1, a10, a11, a12 = _value_and_gradient(disp, 1, i0, j0, k0, i1, j1, k1, fx, fy, fz)
+    v2, a20, a21, a22 = _value_and_gradient(disp, 2, i0, j0, k0, i1, j1, k1, fx, fy, fz)
     r = (z[0] + v0 - b[0], z[1] + v1 - b[1], z[2] + v2 - b[2])
     jac = (
         1.0 + gx * a00, gy * a01, gz * a02,
