@@ -2,10 +2,11 @@
 flags; the peers' scripts in ``bench/.venv``, made by ``bash bench/setup_peers.sh``). Results land in ``bench/out/``
 (git-ignored). Details and results: ``bench/README.md`` and ``docs/measurements.md``.
 
-Registration against peers (LUMIR evaluator's Dice / HD95 / NDV):
+Registration against peers (LUMIR evaluator's Dice / HD95 / NDV, and the TRE proxy: label-centroid distance, mm):
 
 * ``registration`` -- caio (engine, pipeline, training-free, cascade) against Greedy, ANTs, ConvexAdam and elastix
-  on the real 1 mm pair, IXI, synthetic cross-contrast pairs, the LUMIR-like set and ``test_data``; driver and tables.
+  (FireANTs on request) on the real 1 mm pair, IXI, synthetic cross-contrast pairs, the LUMIR-like set and
+  ``test_data``; driver and tables.
 * ``sets`` -- builds the case folders of those sets (imported by ``registration`` and ``anytime``).
 * ``methods`` -- each method's run and the scoring, inside ``registration``'s worker subprocess.
 * ``make_lumir_like`` -- builds the LUMIR-like set (IXI T1 + DLMUSE, 160x224x192) in ``bench/out/lumir_like``.

@@ -11,7 +11,9 @@ T1 <- T1 pairs and the first cross-contrast pair). Every (pair, budget) runs in 
 2 threads; the deadline is ``time.monotonic()`` at the start of the call + budget, images already in memory.
 Wall = the ``register`` call (the one-off kernel loading, ``warm_up``, runs before the clock and is
 reported apart); overrun % = max(0, wall - budget) / budget. Scoring as ``bench.registration``
-(:func:`caio.metrics.evaluate.evaluate_pair`, DLMUSE ROIs of ``labels.json``, NDV inside ``fixed > 0``).
+(:func:`bench.methods.score`: :func:`caio.metrics.evaluate.evaluate_pair`, DLMUSE ROIs of ``labels.json``, NDV
+inside ``fixed > 0``; TRE = the TRE proxy in mm, label-centroid distance of the same warped labels,
+:func:`bench.common.mean_tre_mm`; zero-field = the moving labels as given).
 Writes ``bench/out/anytime_<stamp>.{json,md}``.
 """
 
@@ -30,6 +32,7 @@ from bench.common import (
     add_lumir_root_argument,
     add_out_argument,
     add_threads_argument,
+    fmt,
     keep_row,
     markdown_header,
     markdown_row,
@@ -72,23 +75,28 @@ def run_one(case: Path, budget: float, threads: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    """Per budget: mean Dice / NDV / wall / worst overrun over the pairs, then every pair's Dice per budget."""
+    """Per budget: mean Dice / TRE proxy / NDV / wall / worst overrun over the pairs, then every pair's Dice / TRE
+    per budget."""
     ok = [r for r in rows if "error" not in r]
     budgets = sorted({r["budget_s"] for r in ok})
-    lines = markdown_header(
-        ["budget (s)", "pairs", "Dice", "zero-field Dice", "NDV %", "wall (s)", "max overrun %", "peak RSS (GiB)"]
-    )
+    columns = ["budget (s)", "pairs", "Dice", "zero-field Dice", "TRE (mm)", "zero-field TRE (mm)", "NDV %"]
+    lines = markdown_header([*columns, "wall (s)", "max overrun %", "peak RSS (GiB)"])
     for b in budgets:
         rs = [r for r in ok if r["budget_s"] == b]
-        mean = lambda k, rs=rs: np.mean([r[k] for r in rs])  # noqa: E731
-        cells = [f"{b:g}", len(rs), f"{mean('dice'):.3f}", f"{mean('dice_affine'):.3f}", f"{mean('ndv'):.4f}"]
-        cells += [f"{mean('wall_s'):.1f}", f"{max(r['overrun_pct'] for r in rs):.1f}"]
-        lines.append(markdown_row([*cells, f"{max(r['rss_gib'] for r in rs):.2f}"]))
+        mean = lambda k, rs=rs: float(np.mean([r[k] for r in rs]))  # noqa: E731
+        cells = [f"{b:g}", len(rs), fmt(mean("dice")), fmt(mean("dice_affine")), fmt(mean("tre"), 2)]
+        cells += [fmt(mean("tre_affine"), 2), fmt(mean("ndv"), 4), fmt(mean("wall_s"), 1)]
+        lines.append(
+            markdown_row([*cells, fmt(max(r["overrun_pct"] for r in rs), 1), fmt(max(r["rss_gib"] for r in rs), 2)])
+        )
     cases = list(dict.fromkeys(r["case"] for r in ok))
-    lines += ["", *markdown_header(["pair", *(f"{b:g} s" for b in budgets)])]
+    lines += ["", *markdown_header(["pair: Dice / TRE mm (wall s)", *(f"{b:g} s" for b in budgets)])]
     by = {(r["case"], r["budget_s"]): r for r in ok}
     for c in cases:
-        cells = [f"{by[c, b]['dice']:.3f} ({by[c, b]['wall_s']:.0f} s)" if (c, b) in by else "–" for b in budgets]
+        cells = [
+            f"{fmt(by[c, b]['dice'])} / {fmt(by[c, b]['tre'], 2)} ({by[c, b]['wall_s']:.0f} s)" if (c, b) in by else "–"
+            for b in budgets
+        ]
         lines.append(markdown_row([c, *cells]))
     errors = [f"- {r['case']} at {r['budget_s']:g} s: {r['error']}" for r in rows if "error" in r]
     return "\n".join(lines + ([""] + errors if errors else [])) + "\n"

@@ -8,8 +8,8 @@
   :func:`write_table` (its ``.json`` rows and ``.md`` table).
 * Subprocesses: :func:`thread_env` (thread variables), :func:`run_worker` (``python -m bench.<name> --worker ...``
   limited to N threads, its row read back as JSON), :func:`predict_command` (``predict.py`` on a dataset JSON).
-* Scores: :func:`common_labels`, :func:`mean_dice`, :func:`evaluator_scores` (the LUMIR evaluator's Dice / HD95 /
-  NDV on a voxel displacement).
+* Scores: :func:`common_labels`, :func:`mean_dice`, :func:`mean_tre_mm` (the TRE proxy: label-centroid distance,
+  mm), :func:`evaluator_scores` (the LUMIR evaluator's Dice / HD95 / NDV on a voxel displacement, and the TRE proxy).
 * Tables and flags: :func:`fmt`, :func:`markdown_header`, :func:`markdown_row`, :func:`add_threads_argument`,
   :func:`add_out_argument`, :func:`add_lumir_root_argument`.
 """
@@ -172,15 +172,27 @@ def mean_tre_mm(fixed_seg: np.ndarray, warped_seg: np.ndarray, labels: Iterable[
 
 
 def evaluator_scores(
-    fixed_seg: np.ndarray, moving_seg: np.ndarray, disp: np.ndarray, mask_image: np.ndarray, labels: list[int]
+    fixed_seg: np.ndarray,
+    moving_seg: np.ndarray,
+    disp: np.ndarray,
+    mask_image: np.ndarray,
+    labels: list[int],
+    affine: np.ndarray | None = None,
 ) -> dict:
     """Dice, HD95 (voxels) and NDV % (inside ``mask_image > 0``) of a ``(3, D0, D1, D2)`` voxel displacement,
-    scored by :func:`caio.metrics.evaluate.evaluate_pair` (the LUMIR evaluator's rules)."""
+    scored by :func:`caio.metrics.evaluate.evaluate_pair` (the LUMIR evaluator's rules); with ``affine`` (the
+    fixed grid's) also ``tre``, the TRE proxy in mm (:func:`mean_tre_mm`) of the moving labels warped as the
+    evaluator warps them for Dice (:func:`caio.spatial.warp_labels_nearest`)."""
+    from caio import spatial
     from caio.metrics.evaluate import evaluate_pair
 
     mask = np.asarray(mask_image, np.float32)
     metrics = evaluate_pair(fixed_seg, moving_seg, disp, fixed_image=mask, labels=labels)
-    return {"dice": metrics.dice, "hd95": metrics.hd95, "ndv": metrics.ndv}
+    scores = {"dice": metrics.dice, "hd95": metrics.hd95, "ndv": metrics.ndv}
+    if affine is not None:
+        warped = spatial.warp_labels_nearest(np.asarray(moving_seg).astype(np.int64), np.asarray(disp, np.float64))
+        scores["tre"] = mean_tre_mm(fixed_seg, warped, labels, affine)
+    return scores
 
 
 # ------------------------------------------------------------------ tables and flags

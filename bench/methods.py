@@ -1,6 +1,8 @@
 """The methods of ``python -m bench.registration``, run inside its worker subprocess: each ``run_*`` registers one
 case folder (:mod:`bench.sets`) and returns ``(seconds, displacement)``, the displacement ``(3, D0, D1, D2)`` in
-voxels on the fixed grid (``warped(x) = moving(x + u(x))``); :func:`score` applies the LUMIR evaluator to it.
+voxels on the fixed grid (``warped(x) = moving(x + u(x))``); :func:`score` applies the LUMIR evaluator to it and
+measures the TRE proxy (label-centroid distance, mm) on the same warped label map. FireANTs' registration
+(:func:`fireants_register`) is shared with :mod:`bench.unaligned_methods`.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ import resource
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from bench.common import REPO, common_labels, evaluator_scores, mean_dice, predict_command, save_nifti, write_dataset
+from bench.common import (
+    REPO,
+    common_labels,
+    evaluator_scores,
+    mean_dice,
+    mean_tre_mm,
+    predict_command,
+    save_nifti,
+    write_dataset,
+)
 
 # ------------------------------------------------------------------ methods (run inside a worker)
 
@@ -191,19 +204,113 @@ def run_elastix(case: Path, cross: bool, threads: int) -> tuple[float, np.ndarra
     return elapsed, _disp_from_coords(warped)
 
 
+FIREANTS_INSTALL = "bench/.venv/bin/pip install --no-deps fireants==1.5.0"
+"""FireANTs without its dependencies (they would replace the CPU torch); the ones it imports are already there."""
+
+
+@dataclass(frozen=True)
+class FireantsRun:
+    """A FireANTs registration: its images (``BatchedImages`` as FireANTs' loader reads them, headers included),
+    the ``AffineRegistration`` (moments-initialised) and the ``GreedyRegistration`` started from it, and the
+    seconds of the moments + affine stages (``affine_seconds``) and of the three stages (``seconds``)."""
+
+    fixed: Any
+    moving: Any
+    affine: Any
+    deformable: Any
+    affine_seconds: float
+    seconds: float
+
+
+def fireants_image(path: Path):
+    """A NIfTI file as FireANTs reads it (``Image.load_file``: SimpleITK, world headers kept), batched, on the CPU."""
+    from fireants.io.image import BatchedImages, Image
+
+    return BatchedImages([Image.load_file(str(path), device="cpu")])
+
+
+def fireants_register(fixed_path: Path, moving_path: Path, cross: bool, threads: int) -> FireantsRun:
+    """FireANTs 1.5.0 on the CPU as its brain-MRI quickstart registers, in world coordinates: moments (centre of
+    mass, scale 4), affine (scales 4/2/1, 200/100/50 Adam steps, lr 3e-3), then greedy compositive deformable
+    (scales 4/2/1, 200/100/25 Adam steps, lr 0.5, smoothing sigmas grad 1 / warp 0.5), local CC of size 5 (global
+    MI for cross-contrast); ``threads`` torch threads. A ``RuntimeError`` saying how to install it if it is not."""
+    try:
+        import torch
+        from fireants.registration.affine import AffineRegistration
+        from fireants.registration.greedy import GreedyRegistration
+        from fireants.registration.moments import MomentsRegistration
+    except ImportError as err:
+        raise RuntimeError(f"fireants not installed ({err}): {FIREANTS_INSTALL}") from None
+
+    torch.set_num_threads(threads)
+    fixed, moving = fireants_image(fixed_path), fireants_image(moving_path)
+    loss = {"loss_type": "mi"} if cross else {"loss_type": "cc", "cc_kernel_size": 5}
+    t0 = time.perf_counter()
+    moments = MomentsRegistration(4, fixed, moving, moments=1, progress_bar=False, **loss)
+    moments.optimize()
+    affine = AffineRegistration(
+        [4, 2, 1],
+        [200, 100, 50],
+        fixed,
+        moving,
+        optimizer="Adam",
+        optimizer_lr=3e-3,
+        init_rigid=moments.get_affine_init(),
+        progress_bar=False,
+        **loss,
+    )
+    affine.optimize()
+    affine_seconds = time.perf_counter() - t0
+    deformable = GreedyRegistration(
+        scales=[4, 2, 1],
+        iterations=[200, 100, 25],
+        fixed_images=fixed,
+        moving_images=moving,
+        deformation_type="compositive",
+        smooth_grad_sigma=1.0,
+        smooth_warp_sigma=0.5,
+        optimizer="adam",
+        optimizer_lr=0.5,
+        init_affine=affine.get_affine_matrix().detach(),
+        progress_bar=False,
+        **loss,
+    )
+    deformable.optimize()
+    return FireantsRun(fixed, moving, affine, deformable, affine_seconds, time.perf_counter() - t0)
+
+
+def run_fireants(case: Path, cross: bool, threads: int) -> tuple[float, np.ndarray]:
+    """:func:`fireants_register` (time = its three stages); the transform is turned into a displacement by warping
+    coordinate images with it (trilinear, as the other peers)."""
+    import torch
+
+    run = fireants_register(case / "fixed.nii.gz", case / "moving.nii.gz", cross, threads)
+    img = nib.load(str(case / "fixed.nii.gz"))
+    with tempfile.TemporaryDirectory() as t, torch.no_grad():
+        warped = [
+            run.deformable.evaluate(run.fixed, fireants_image(p))[0, 0].double().numpy().transpose(2, 1, 0)
+            for p in _coordinate_images(Path(t), img.shape, img.affine)
+        ]  # SimpleITK axis order reversed
+    return run.seconds, _disp_from_coords(warped)
+
+
 def score(case: Path, disp: np.ndarray) -> dict:
-    """LUMIR-evaluator metrics of a ``(3, D0, D1, D2)`` voxel displacement on a case, and the zero-field Dice."""
+    """LUMIR-evaluator metrics of a ``(3, D0, D1, D2)`` voxel displacement on a case (``dice``, ``hd95``, ``ndv``),
+    the TRE proxy ``tre`` (mm, through the fixed label map's affine: :func:`bench.common.mean_tre_mm` of the labels
+    warped as for Dice), and the zero-field ``dice_affine`` / ``tre_affine`` (the moving labels as given)."""
     meta = json.loads((case / "meta.json").read_text())
-    fseg = np.asarray(nib.load(str(case / "fixed_seg.nii.gz")).dataobj).astype(np.int64)
+    fixed_seg = nib.load(str(case / "fixed_seg.nii.gz"))
+    fseg = np.asarray(fixed_seg.dataobj).astype(np.int64)
     mseg = np.asarray(nib.load(str(case / "moving_seg.nii.gz")).dataobj).astype(np.int64)
     labels = meta.get("labels") or common_labels(fseg, mseg)
     mask_image = nib.load(str(case / "fixed.nii.gz")).get_fdata() if meta["mask"] == "fixed" else fseg
-    metrics = evaluator_scores(fseg, mseg, disp, mask_image, labels)
+    metrics = evaluator_scores(fseg, mseg, disp, mask_image, labels, affine=fixed_seg.affine)
     return {
         "case": case.name,
         "set": meta["set"],
         **metrics,
         "dice_affine": mean_dice(fseg, mseg, labels),
+        "tre_affine": mean_tre_mm(fseg, mseg, labels, fixed_seg.affine),
         "n_labels": len(labels),
     }
 

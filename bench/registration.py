@@ -1,4 +1,5 @@
-"""Registration benchmark: caio (engine, pipeline, training-free, cascade) against Greedy, ANTs, ConvexAdam, elastix.
+"""Registration benchmark: caio (engine, pipeline, training-free, cascade) against Greedy, ANTs, ConvexAdam, elastix,
+FireANTs.
 
 Run in the peer environment made by ``bench/setup_peers.sh`` (from the repository root)::
 
@@ -23,6 +24,11 @@ caio rows: ``caio_engine`` = :func:`caio.engine.register` alone (time = the call
 reading and writing, peak RSS = the subprocess's; its written displacement file is scored;
 ``caio`` = :func:`caio.backbone.training_free.register_training_free`; ``caio_cascade`` = that + the cascade.
 
+``fireants`` (not run unless named in ``--methods``: minutes per 1 mm pair on 2 cores) = FireANTs 1.5.0 on the CPU,
+moments + affine + greedy deformable with local CC as its brain-MRI quickstart (:func:`bench.methods.run_fireants`);
+install it without its dependencies, ``bench/.venv/bin/pip install --no-deps fireants==1.5.0`` (else its rows are
+errors saying so).
+
 Every real moving image and label map is first aligned to the fixed one with one ANTs affine and
 resampled onto the fixed grid; all methods get these same inputs. Each method runs in its own
 subprocess (2 threads) so that its peak RSS (``ru_maxrss``, includes the Python/library baseline)
@@ -30,7 +36,11 @@ is its own. Time = registration only (no I/O). Each tool's transform is turned i
 displacement on the fixed grid by warping coordinate images with it; labels are then warped
 nearest-neighbour and scored exactly as the LUMIR evaluator (:func:`caio.metrics.evaluate.evaluate_pair`):
 Dice and HD95 (voxels) over labels present in both maps (background excluded), NDV % inside
-``fixed > 0`` (skull-stripped) or inside the fixed labels (full-head IXI).
+``fixed > 0`` (skull-stripped) or inside the fixed labels (full-head IXI). TRE (mm) = the TRE proxy of that same
+warped label map: mean over the labels of the distance between each label's centroid in the fixed map and in the
+warped moving map, through the fixed grid's affine (:func:`bench.common.mean_tre_mm`; LUMIR's TRE with the label
+regions as landmarks; the ``synth`` grid's affine is the identity, so there it is in voxels). "affine Dice" /
+"affine TRE" = the zero field (the moving labels as given, after the affine alignment of real pairs).
 """
 
 from __future__ import annotations
@@ -64,12 +74,25 @@ from bench.methods import (
     run_caio_pipeline,
     run_convexadam,
     run_elastix,
+    run_fireants,
     run_greedy,
     score,
 )
 from bench.sets import prepare_ixi, prepare_lumir_folder, prepare_real1mm, prepare_synth
 
-METHODS = ("caio_engine", "caio_pipeline", "caio", "caio_cascade", "greedy", "ants", "convexadam", "elastix")
+METHODS = (
+    "caio_engine",
+    "caio_pipeline",
+    "caio",
+    "caio_cascade",
+    "greedy",
+    "ants",
+    "convexadam",
+    "elastix",
+    "fireants",
+)
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "fireants")
+"""What runs without ``--methods``: FireANTs takes minutes per 1 mm pair on 2 cores, so it runs only when named."""
 
 
 def worker(method: str, case: Path, result: Path, threads: int) -> None:
@@ -84,6 +107,7 @@ def worker(method: str, case: Path, result: Path, threads: int) -> None:
         "ants": lambda: run_ants(case, cross, threads),
         "convexadam": lambda: run_convexadam(case, cross, threads),
         "elastix": lambda: run_elastix(case, cross, threads),
+        "fireants": lambda: run_fireants(case, cross, threads),
     }[method]
     seconds, disp = runner()
     rss_gib = extra.pop("rss_children_gib", None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -100,10 +124,15 @@ def run_method(method: str, case: Path, threads: int, timeout: float) -> dict:
     return run_worker("bench.registration", [method, "--case", str(case)], threads, timeout, row)
 
 
+def mean_of(rows: list[dict], key: str) -> float | None:
+    """Mean of ``key`` over ``rows``; ``None`` if a row lacks it (rows of an earlier run read by ``--reuse``)."""
+    return float(np.mean([r[key] for r in rows])) if all(r.get(key) is not None for r in rows) else None
+
+
 def table(rows: list[dict], methods: list[str]) -> str:
-    """Markdown table: one line per (set, method), means over that set's cases."""
-    columns = ["set", "method", "pairs", "Dice", "affine Dice", "HD95 (vox)", "NDV %", "time (s)", "time / Greedy"]
-    lines = markdown_header([*columns, "peak RSS (GiB)"])
+    """Markdown table: one line per (set, method), means over that set's cases (TRE: the TRE proxy, mm)."""
+    columns = ["set", "method", "pairs", "Dice", "affine Dice", "TRE (mm)", "affine TRE (mm)", "HD95 (vox)", "NDV %"]
+    lines = markdown_header([*columns, "time (s)", "time / Greedy", "peak RSS (GiB)"])
     for set_name in dict.fromkeys(r.get("set", "?") for r in rows if "error" not in r):
         greedy = {r["case"]: r["seconds"] for r in rows if r.get("set") == set_name and r["method"] == "greedy"}
         for method in methods:
@@ -111,10 +140,11 @@ def table(rows: list[dict], methods: list[str]) -> str:
             if not ok:
                 continue
             ratios = [r["seconds"] / greedy[r["case"]] for r in ok if r["case"] in greedy]
-            mean = lambda k, ok=ok: float(np.mean([r[k] for r in ok]))  # noqa: E731
-            cells = [set_name, method, len(ok), fmt(mean("dice")), fmt(mean("dice_affine")), fmt(mean("hd95"), 2)]
-            cells += [fmt(mean("ndv"), 4), fmt(mean("seconds"), 1), fmt(float(np.mean(ratios)) if ratios else None, 2)]
-            lines.append(markdown_row([*cells, fmt(max(r["rss_gib"] for r in ok), 2)]))
+            cells = [set_name, method, len(ok), fmt(mean_of(ok, "dice")), fmt(mean_of(ok, "dice_affine"))]
+            cells += [fmt(mean_of(ok, "tre"), 2), fmt(mean_of(ok, "tre_affine"), 2), fmt(mean_of(ok, "hd95"), 2)]
+            cells += [fmt(mean_of(ok, "ndv"), 4), fmt(mean_of(ok, "seconds"), 1)]
+            cells += [fmt(float(np.mean(ratios)) if ratios else None, 2), fmt(max(r["rss_gib"] for r in ok), 2)]
+            lines.append(markdown_row(cells))
     errors = [f"- {r['method']} on {r['case']}: {r['error']}" for r in rows if "error" in r]
     return (
         "\n".join(
@@ -125,7 +155,8 @@ def table(rows: list[dict], methods: list[str]) -> str:
 
 
 def versus_greedy(rows: list[dict], method: str = "caio_engine") -> list[str]:
-    """Per set: mean Dice difference and mean time ratio of ``method`` to Greedy over pairs both scored."""
+    """Per set: mean Dice and TRE-proxy differences and mean time ratio of ``method`` to Greedy over pairs both
+    scored."""
     ok = {(r["case"], r["method"]): r for r in rows if "error" not in r}
     lines = []
     for set_name in dict.fromkeys(r["set"] for r in ok.values()):
@@ -136,24 +167,32 @@ def versus_greedy(rows: list[dict], method: str = "caio_engine") -> list[str]:
         ]
         if both:
             diff = float(np.mean([a["dice"] - b["dice"] for a, b in both]))
+            tre = [a["tre"] - b["tre"] for a, b in both if a.get("tre") is not None and b.get("tre") is not None]
+            tre_text = f", TRE diff {float(np.mean(tre)):+.2f} mm" if len(tre) == len(both) else ""
             ratio = float(np.mean([a["seconds"] / b["seconds"] for a, b in both]))
             lines.append(
-                f"- {set_name}: {method} vs Greedy: Dice diff {diff:+.3f}, time ratio {ratio:.2f} ({len(both)} pairs)"
+                f"- {set_name}: {method} vs Greedy: Dice diff {diff:+.3f}{tre_text}, time ratio {ratio:.2f} "
+                f"({len(both)} pairs)"
             )
     return lines
 
 
 def per_pair(rows: list[dict], methods: list[str]) -> list[str]:
-    """Markdown table: Dice (time s) of every method on every pair, and the zero-field (affine) Dice."""
+    """Markdown table: "Dice / TRE mm (time s)" of every method on every pair, and the zero-field (affine)
+    "Dice / TRE mm"."""
     ok = {(r["case"], r["method"]): r for r in rows if "error" not in r}
     cases = list(dict.fromkeys(r["case"] for r in ok.values()))
-    lines = markdown_header(["pair", "zero-field Dice", *methods])
+    lines = markdown_header(["pair", "zero field: Dice / TRE mm", *(f"{m}: Dice / TRE mm (s)" for m in methods)])
     for case in cases:
         any_row = next(r for (c, _), r in ok.items() if c == case)
         cells = [
-            f"{ok[case, m]['dice']:.3f} ({ok[case, m]['seconds']:.0f} s)" if (case, m) in ok else "–" for m in methods
+            f"{fmt(ok[case, m]['dice'])} / {fmt(ok[case, m].get('tre'), 2)} ({ok[case, m]['seconds']:.0f} s)"
+            if (case, m) in ok
+            else "–"
+            for m in methods
         ]
-        lines.append(markdown_row([case, f"{any_row['dice_affine']:.3f}", *cells]))
+        zero = f"{fmt(any_row['dice_affine'])} / {fmt(any_row.get('tre_affine'), 2)}"
+        lines.append(markdown_row([case, zero, *cells]))
     return lines
 
 
@@ -163,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", nargs="+", default=sets, choices=sets)
     add_lumir_root_argument(p)
     p.add_argument("--pairs", type=int, default=0, help="use only the first N pairs of every set (0: all)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        choices=METHODS,
+        help="default: all but fireants (minutes per 1 mm pair on 2 cores; name it to run it)",
+    )
     p.add_argument("--ixi-pairs", type=int, default=10, help="number of IXI pairs (default 10)")
     p.add_argument("--synth-pairs", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="3 IXI pairs, 1 synthetic pair")

@@ -16,10 +16,13 @@ echo "torch==2.13.0" > "$CONSTRAINTS"
 PIP=("$VENV/bin/pip" install --quiet -c "$CONSTRAINTS")
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" numpy scipy nibabel SimpleITK picsl-greedy antspyx convexadam itk-elastix
+# FireANTs (a peer run only on request: --methods fireants) without its dependencies: they would pull a CUDA torch
+# and an old SimpleITK; what it imports (numpy, scipy, SimpleITK, tqdm, torch) is installed by this script.
+"${PIP[@]}" --no-deps fireants==1.5.0
 "${PIP[@]}" -e "$REPO"
 "$VENV/bin/python" - <<'PY'
 import importlib
-for name in ("torch", "ants", "itk", "picsl_greedy", "convexAdam", "caio"):
+for name in ("torch", "ants", "itk", "picsl_greedy", "convexAdam", "fireants", "caio"):
     mod = importlib.import_module(name)
     print(f"{name:14s} {getattr(mod, '__version__', 'ok')}")
 PY

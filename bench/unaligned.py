@@ -13,10 +13,11 @@ experiment right after each of its cases, and writes ``bench/out/unaligned_<stam
 
 The cases (sets ``real1mm``, ``cross``, ``ixi`` T1 <- T1, ``ixicross`` T1 <- T2/FLAIR-like; random world affine
 and re-gridding of the moving image, labels carried; built once in ``bench/out/cache``) are described in
-:mod:`bench.unaligned_cases`, the methods (``caio``, ``greedy``, ``ants``) and every column in
-:mod:`bench.unaligned_methods`, the crossing experiment (Greedy's and caio's affine and deformable stages
-swapped, on the first ``--crossing-pairs`` ``ixi`` cases) in :mod:`bench.unaligned_crossing`. Each tool's
-outputs stay in ``bench/out/unaligned_work/<case>/<method>/`` (overwritten by the next run).
+:mod:`bench.unaligned_cases`, the methods (``caio``, ``greedy``, ``ants``; ``fireants`` only when named in
+``--methods``) and every column in :mod:`bench.unaligned_methods`, the crossing experiment (Greedy's and caio's
+affine and deformable stages swapped, on the first ``--crossing-pairs`` ``ixi`` cases) in
+:mod:`bench.unaligned_crossing`. Each tool's outputs stay in ``bench/out/unaligned_work/<case>/<method>/``
+(overwritten by the next run).
 Dice = mean over the labels present in both maps (0 excluded). Nothing of caio was tuned on these pairs.
 """
 
@@ -43,7 +44,7 @@ from bench.common import (
 )
 from bench.unaligned_cases import SETS, cases
 from bench.unaligned_crossing import crossing_table, run_crossing
-from bench.unaligned_methods import METHODS, load_pair, score
+from bench.unaligned_methods import DEFAULT_METHODS, METHODS, load_pair, score
 
 WORK = OUT / "unaligned_work"
 COLUMNS = {  # row key -> (column title, digits)
@@ -100,7 +101,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--ixi-pairs", type=int, default=8, help="ixi T1 <- T1 pairs (default 8, at most 8)")
     p.add_argument("--ixi-cross-pairs", type=int, default=4, help="ixicross pairs (default 4)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        choices=list(METHODS),
+        help="default: all but fireants (minutes per pair on 2 cores; name it to run it)",
+    )
     p.add_argument("--crossing-pairs", type=int, default=3, help="ixi cases of the crossing experiment (0: none)")
     p.add_argument("--max-angle", type=float, default=15.0, help="degrees")
     p.add_argument("--max-shift", type=float, default=20.0, help="mm")

@@ -27,6 +27,16 @@ known-answer pair, see :mod:`bench.unaligned_cases`).
   -> moving world, as Greedy writes it) against the truth.
 * ``ants``: ``ants.registration(type_of_transform="SyN")`` (its defaults: affine stage then SyN, Mattes),
   labels by ``ants.apply_transforms`` (nearest neighbour) through both transforms and the affine alone.
+* ``fireants`` (only when named: minutes per pair on 2 cores): FireANTs 1.5.0 on the CPU as its brain-MRI quickstart,
+  :func:`bench.methods.fireants_register` (the settings of the aligned bench: moments, affine 4/2/1 x 200/100/50,
+  greedy compositive 4/2/1 x 200/100/25, local CC 5; global MI for cross-contrast sets) on the case files as
+  FireANTs' own loader reads them (headers: the grids are its business); labels at the moving voxel coordinates
+  of FireANTs' ``get_warped_coordinates`` of the affine stage (``dice_affine``) and of the greedy stage (``dice``)
+  by nearest neighbour as ``caio warp`` (kept as ``warped_seg_affine.nii.gz`` / ``warped_seg.nii.gz``, and the
+  affine as Greedy writes one, ``affine.mat``: RAS, fixed -> moving world);
+  ``seconds`` = the three stages, ``affine_seconds`` = moments + affine (images read before); ``ndv`` of its warp
+  with its affine factored out (:func:`fireants_field_in_voxels`); no ``corner_mm``. Not installed: an error row
+  saying how to install it (``pip install --no-deps fireants==1.5.0``).
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench.common import common_labels, mean_dice, mean_tre_mm, thread_env
+from bench.common import common_labels, mean_dice, mean_tre_mm, save_nifti, thread_env
+from bench.methods import FireantsRun, fireants_register
 from bench.unaligned_cases import read_meta
 
 
@@ -91,13 +102,19 @@ def run_command(cmd: list[str], threads: int, accepted: tuple[int, ...] = (0,)) 
 def labels_through(pair: Pair, transform: np.ndarray, disp=None) -> np.ndarray:
     """The moving labels on the fixed grid through world ``transform`` (fixed -> moving) and an optional
     ``[1, 3, D0, D1, D2]`` field in fixed voxels (nearest neighbour, outside -> 0, as ``caio warp --nearest``)."""
-    from caio import spatial
     from caio.transforms import moving_voxel_coordinates_through
 
     shape = pair.fixed_seg.shape
     coords = moving_voxel_coordinates_through(shape, pair.fixed_affine, pair.moving_affine, transform, disp)
-    offset = (coords[0] - spatial.identity_grid(shape, dtype=coords.dtype)[0]).numpy()
-    return spatial.warp_labels_nearest(pair.moving_seg, offset)
+    return labels_at(pair, coords[0].numpy())
+
+
+def labels_at(pair: Pair, coords: np.ndarray) -> np.ndarray:
+    """The moving labels at ``(3, D0, D1, D2)`` moving voxel coordinates given for every fixed voxel (nearest
+    neighbour, outside -> 0: :func:`caio.spatial.warp_labels_nearest`, as ``caio warp --nearest``)."""
+    from caio import spatial
+
+    return spatial.warp_labels_nearest(pair.moving_seg, coords - spatial.identity_grid_np(pair.fixed_seg.shape))
 
 
 def itk_field_in_voxels(path: Path, affine: np.ndarray) -> np.ndarray:
@@ -333,7 +350,65 @@ def run_ants(pair: Pair, work: Path, threads: int) -> dict:
     }
 
 
-METHODS = {"caio": run_caio, "greedy": run_greedy, "ants": run_ants}
+# ------------------------------------------------------------------ fireants
+
+
+def fireants_moving_voxels(registration, run: FireantsRun) -> np.ndarray:
+    """``(3, D0, D1, D2)`` moving voxel coordinates (nibabel axis order) of every fixed voxel through a FireANTs
+    registration, from its own ``get_warped_coordinates`` (``[1, Z, Y, X, 3]``: SimpleITK's array order, reversed
+    relative to nibabel's, and x, y, z in ``[-1, 1]`` of the moving image, corners aligned)."""
+    import torch
+
+    with torch.no_grad():
+        grid = registration.get_warped_coordinates(run.fixed, run.moving)[0].double().numpy()
+    size = np.array(run.moving.shape[2:][::-1], np.float64)  # SimpleITK size (x, y, z) = nibabel shape
+    voxels = (grid + 1.0) * 0.5 * (size - 1.0)
+    return np.moveaxis(voxels, -1, 0).transpose(0, 3, 2, 1)
+
+
+def fireants_field_in_voxels(run: FireantsRun) -> np.ndarray:
+    """The deformable part of a FireANTs greedy registration as a ``(3, D0, D1, D2)`` displacement in fixed voxels:
+    its moving coordinates are ``A x + w(x)`` (``A`` its affine, ``w`` its warp, both in ``[-1, 1]`` coordinates),
+    that is ``A (x + A^-1 w(x))``; ``A^-1 w`` is scaled to voxels (its determinant's sign is that of the map)."""
+    import torch
+
+    with torch.no_grad():
+        params = run.deformable.get_warp_parameters(run.fixed, run.moving)
+        linear, warp = params["affine"][0, :, :3].double(), params["grid"][0].double()  # warp: [Z, Y, X, 3]
+        disp = (warp @ torch.linalg.inv(linear).T).numpy()
+    size = np.array(run.fixed.shape[2:][::-1], np.float64)
+    return np.moveaxis(disp * 0.5 * (size - 1.0), -1, 0).transpose(0, 3, 2, 1)
+
+
+def fireants_world_matrix(run: FireantsRun) -> np.ndarray:
+    """FireANTs' affine (fixed world -> moving world, SimpleITK's LPS mm) as a 4x4 RAS matrix, as Greedy writes it."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ run.affine.get_affine_matrix()[0].detach().double().numpy() @ flip
+
+
+def run_fireants(pair: Pair, work: Path, threads: int) -> dict:
+    """:func:`bench.methods.fireants_register` (moments + affine, then greedy; MI for cross-contrast sets) on the
+    case files as FireANTs reads them; labels at the moving voxel coordinates of each stage (nearest neighbour)."""
+    from caio.metrics.ndv import ndv_percent
+
+    run = fireants_register(pair.case / "fixed.nii.gz", pair.case / "moving.nii.gz", bool(pair.meta["cross"]), threads)
+    affine_labels = labels_at(pair, fireants_moving_voxels(run.affine, run))
+    labels = labels_at(pair, fireants_moving_voxels(run.deformable, run))
+    save_nifti(work / "warped_seg_affine.nii.gz", affine_labels.astype(np.int32), pair.fixed_affine)
+    save_nifti(work / "warped_seg.nii.gz", labels.astype(np.int32), pair.fixed_affine)
+    write_greedy_matrix(work / "affine.mat", fireants_world_matrix(run))
+    return {
+        "dice_affine": pair.dice(affine_labels),
+        **pair.scores(labels),
+        "seconds": run.seconds,
+        "affine_seconds": run.affine_seconds,
+        "ndv": ndv_percent(fireants_field_in_voxels(run), pair.brain),
+    }
+
+
+METHODS = {"caio": run_caio, "greedy": run_greedy, "ants": run_ants, "fireants": run_fireants}
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "fireants")
+"""``fireants`` runs only when named (minutes per pair on the CPU)."""
 
 
 def score(case: Path, method: str, work: Path, threads: int) -> dict:
