@@ -84,3 +84,16 @@ def test_the_finest_lncc_level_does_a_1mm_brains_work_on_a_smaller_grid():
     assert with_grid_work(lncc, [20_000, 162_000, 1_296_000], EngineConfig(finest_work=None)) == lncc
     disabled = route_for("lncc", EngineConfig(factors=(1,), iterations=(0,)))
     assert with_grid_work(disabled, [1_296_000], cfg) == disabled
+
+
+def test_outlier_ratio_applies_to_the_same_contrast_route_only():
+    """Measured: it helped same-contrast pairs and cost every real-lesion cross-contrast case endpoint error."""
+    from caio.engine.levels import level_settings
+
+    cfg = EngineConfig()
+    lncc = route_for("lncc", cfg)
+    assert all(level_settings(lncc, i, cfg).outlier_ratio == 2.0 for i in range(len(lncc.factors)))
+    for name in ("lncc2", "remap", "mind"):
+        route = route_for(name, cfg)
+        assert all(level_settings(route, i, cfg).outlier_ratio is None for i in range(len(route.factors)))
+    assert level_settings(lncc, 0, EngineConfig(outlier_ratio=None)).outlier_ratio is None

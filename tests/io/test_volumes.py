@@ -295,3 +295,16 @@ def test_evaluate_bad_json_prints_one_line_without_traceback(half_submission, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.json" in lines[0] and "not valid JSON" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_field_of_view_marks_the_fixed_voxels_that_map_inside_the_moving_grid():
+    from caio.io import field_of_view, resample_to_grid
+
+    moving_affine = np.diag([2.0, 1.0, 1.0, 1.0])  # 2 mm along axis 0, starting 5 voxels into the fixed grid
+    moving_affine[:3, 3] = (5.0, 0.0, 0.5)
+    inside = field_of_view((4, 6, 6), moving_affine, (16, 6, 5), np.eye(4))
+    expected = np.zeros((16, 6, 5), bool)
+    expected[5:12, :, 1:] = True  # fixed x0 in [5, 5 + 2 * 3]; x2 - 0.5 in [0, 5]: x2 >= 1 (x2 = 0 maps to -0.5)
+    np.testing.assert_array_equal(inside, expected)
+    ones = resample_to_grid(np.ones((4, 6, 6), np.float32), moving_affine, (16, 6, 5), np.eye(4))
+    np.testing.assert_allclose(ones[inside], 1.0, atol=1e-6)  # never the zero padding

@@ -172,6 +172,33 @@ def test_quantile_step_scaling_sets_the_quantile_and_clamps_the_tail():
     assert torch.allclose(torch_field[0], torch.from_numpy(field), atol=1e-4)
 
 
+def test_outlier_ratio_keeps_a_few_long_vectors_from_setting_the_step_of_the_field():
+    """One corner of outlying vectors 50x longer than the rest (the edge of a moving scan's field of view): scaled
+    by the longest vector the bulk barely moves; with ``outlier_ratio`` 2 the longest counts as twice the 99.9th
+    percentile, the bulk moves over 10x further and no vector exceeds the step. Both backends agree."""
+    gradient = smooth_random((32, 32, 32), 3, 1.0, 2.0, 7)
+    gradient[:, :, :2, :2, :2] *= 50.0  # 8 of 32768 voxels (1 of the 4096 sampled)
+    settings = LevelSettings(step=1.5, sigma_update=0, sigma_field=0, compose=False, outlier_ratio=2.0)
+    zero = torch.zeros(1, 3, 32, 32, 32)
+    plain = TorchKernels(None).update(zero, gradient, LevelSettings(step=1.5, sigma_update=0, sigma_field=0))
+    robust = TorchKernels(None).update(zero, gradient, settings)
+    field = gradient[0].numpy().copy()
+    ck.scale_to_robust_max_norm(field, 1.5, 0.999, 2.0)
+    assert torch.allclose(robust[0], torch.from_numpy(field), atol=1e-5)
+    lengths = np.sqrt((field**2).sum(0))
+    bulk = np.ones((32, 32, 32), bool)
+    bulk[:2, :2, :2] = False
+    plain_lengths = plain[0].square().sum(0).sqrt().numpy()
+    assert lengths.max() <= 1.5 + 1e-5 and plain_lengths.max() == pytest.approx(1.5, rel=1e-5)
+    assert np.median(lengths[bulk]) > 10 * np.median(plain_lengths[bulk])  # measured 18x
+    calm = smooth_random((32, 32, 32), 3, 1.0, 2.0, 7)  # no outliers: the longest vector is within 2x the 99.9th
+    assert torch.allclose(
+        TorchKernels(None).update(zero, calm, settings),
+        TorchKernels(None).update(zero, calm, LevelSettings(step=1.5, sigma_update=0, sigma_field=0)),
+        atol=1e-6,
+    )
+
+
 def test_annealed_step_shrinks_linearly_from_step_to_final_step():
     settings = LevelSettings(step=1.0, final_step=0.25)
     steps = [settings.at_iteration(done, 4).step for done in range(4)]

@@ -26,7 +26,9 @@ fixed`` brings the fixed image onto the moving one); the printed line gives its 
 
 ``--fixed-mask``/``--moving-mask``: only voxels inside both masks (the moving one carried along with the moving
 image) enter the similarity, in the affine and the deformable step. A mask on another grid is resampled
-through its affine (nearest neighbour).
+through its affine (nearest neighbour). The moving image's field of view is a mask of the deformable step too:
+where the affine maps a fixed voxel outside the moving grid, the moving image is 0 (no data), and that edge would
+otherwise pull the field harder than any anatomy (a moved scan whose field of view cuts the fixed head: +0.02 Dice).
 
 One line goes to stdout: affine and deformable similarity, iterations, seconds, outputs. Exit status 0, or 1 when
 the outputs were written but the engine distrusts them: the field returned is one its safeguard fell back to after
@@ -64,7 +66,7 @@ from caio.device import resolve_device
 from caio.engine import EngineConfig, register
 from caio.engine.multiresolution import SIMILARITIES, resolve_similarity
 from caio.errors import CaioInputError
-from caio.io import image_data, load_image, resample_to_grid, same_grid, write_nifti_atomic
+from caio.io import field_of_view, image_data, load_image, resample_to_grid, same_grid, write_nifti_atomic
 from caio.io.fields import write_target_field
 from caio.io.itk import grid_centre, write_itk_affine, write_itk_displacement
 from caio.transforms import inverse_field, moving_voxel_displacement, register_affine
@@ -188,6 +190,20 @@ def read_mask(path: Path | None, shape, affine: np.ndarray, image_path: Path) ->
     return mask
 
 
+def _similarity_weight(fixed_shape, f_aff, moving_shape, through, fixed_mask, moving_mask) -> np.ndarray | None:
+    """Where the deformable step's similarity looks, on the fixed grid (``None``: everywhere): inside the fixed
+    mask, the moving mask carried through the affine, and the moving image's field of view (where a fixed voxel
+    maps outside the moving grid the moving image is padding, and its edge would pull the field)."""
+    weight = fixed_mask
+    if moving_mask is not None:
+        carried = resample_to_grid(moving_mask.astype(np.uint8), through, fixed_shape, f_aff, nearest=True) != 0
+        weight = carried if weight is None else weight & carried
+    inside = field_of_view(moving_shape, through, fixed_shape, f_aff)
+    if not inside.all():
+        weight = inside if weight is None else weight & inside
+    return weight
+
+
 def _deformable(fixed, moving_on_fixed, weight, similarity, deadline, device, reroute: bool, config=None):
     """The engine on the fixed grid: ``[1, 3, D0, D1, D2]`` fixed-voxel field and its trace."""
     fixed_t = torch.from_numpy(np.ascontiguousarray(fixed))[None, None]
@@ -279,10 +295,7 @@ def run(args: argparse.Namespace) -> int:
     if not np.any(moving_on_fixed):
         raise CaioInputError(f"{args.moving}: does not overlap {args.fixed} after the affine step (check both affines)")
     similarity = similarity or _gate(fixed, moving_on_fixed)
-    weight = fixed_mask
-    if moving_mask is not None:
-        carried = resample_to_grid(moving_mask.astype(np.uint8), through, fixed.shape, f_aff, nearest=True) != 0
-        weight = carried if weight is None else weight & carried
+    weight = _similarity_weight(fixed.shape, f_aff, moving.shape, through, fixed_mask, moving_mask)
     reroute = args.similarity == "auto"  # the gate chose: the engine may overrule a same-contrast call
     config = EngineConfig.for_lesions() if args.lesions else None
     disp, trace = _deformable(fixed, moving_on_fixed, weight, similarity, deadline, device, reroute, config)

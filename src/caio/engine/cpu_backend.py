@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from caio import spatial
-from caio.engine.optimizer import LevelSettings
+from caio.engine.optimizer import OUTLIER_QUANTILE, LevelSettings
 from caio.kernels import fields, filters
 from caio.kernels import similarity as similarity_kernels
 
@@ -105,10 +105,12 @@ class NumbaKernels:
             g = filters.separable_filter(
                 g, _gaussian(settings.sigma_update), True, self.work.get("update", g.shape), self.work
             )
-        if settings.quantile >= 1.0:
-            fields.scale_to_max_norm(g, settings.step)
-        else:
+        if settings.quantile < 1.0:
             fields.scale_to_quantile_norm(g, settings.step, settings.quantile, settings.clamp)
+        elif settings.outlier_ratio is not None:
+            fields.scale_to_robust_max_norm(g, settings.step, OUTLIER_QUANTILE, settings.outlier_ratio)
+        else:
+            fields.scale_to_max_norm(g, settings.step)
         u = _array(disp)
         smooth = settings.sigma_field > 0
         # the new field is ``spare`` or a fresh array, never a workspace one (the optimiser may keep it as the best)

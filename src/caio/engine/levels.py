@@ -45,12 +45,15 @@ def make_kernels(route: Route, index: int, cfg: EngineConfig, device: torch.devi
 
 def level_settings(route: Route, index: int, cfg: EngineConfig) -> LevelSettings:
     """Step and smoothing of level ``index``: ``cfg.mind_level`` for descriptors, ``cfg.steps`` where given (not
-    on the ``"mind"`` route), else ``cfg.level``."""
+    on the ``"mind"`` route), else ``cfg.level``; on the ``"lncc"`` route with ``cfg.outlier_ratio``."""
     if route.similarity(index) == "mind":
         return cfg.mind_level
-    if route.name == "mind" or cfg.steps is None:
-        return cfg.level
-    return dataclasses.replace(cfg.level, step=cfg.steps[index])
+    settings = cfg.level
+    if route.name != "mind" and cfg.steps is not None:
+        settings = dataclasses.replace(settings, step=cfg.steps[index])
+    if route.name == "lncc" and cfg.outlier_ratio is not None:
+        settings = dataclasses.replace(settings, outlier_ratio=cfg.outlier_ratio)
+    return settings
 
 
 @dataclass

@@ -29,6 +29,9 @@ import torch
 
 from caio import spatial
 
+OUTLIER_QUANTILE = 0.999
+"""The quantile of the update's vector lengths that :attr:`LevelSettings.outlier_ratio` refers to."""
+
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor]]
 """``(fixed, warped) -> (similarity, d similarity / d warped)``; higher similarity is better."""
 
@@ -47,6 +50,10 @@ class LevelSettings:
             (``1.0``: the longest vector, as Greedy); longer vectors are clamped to
             ``clamp * step``.
         clamp: see ``quantile``.
+        outlier_ratio: with ``quantile`` 1.0, the longest vector counts as at most this many times the
+            99.9th percentile of the lengths (:data:`OUTLIER_QUANTILE`), and longer vectors are clamped to
+            ``step``: a few outlying vectors (the edge of a moving scan's field of view, a scalp edge) no longer
+            set the pace of the whole field. ``None``: the longest vector, as Greedy.
         final_step: when set, the largest update shrinks linearly from ``step`` at a level's first
             iteration to ``final_step`` at its last planned one (annealing).
     """
@@ -58,6 +65,7 @@ class LevelSettings:
     quantile: float = 1.0
     clamp: float = 2.0
     final_step: float | None = None
+    outlier_ratio: float | None = None
 
     def at_iteration(self, done: int, planned: int) -> LevelSettings:
         """The settings of iteration ``done`` (0-based) of ``planned``: ``step`` annealed
@@ -159,19 +167,28 @@ class TorchKernels:
         if settings.sigma_update > 0:
             gradient = spatial.gaussian_blur(gradient, settings.sigma_update)
         lengths = gradient.square().sum(dim=1).sqrt()
-        if settings.quantile >= 1.0:
-            top = float(lengths.max())
+        limit = None  # longest step after scaling, voxels (None: no clamp needed)
+        if settings.quantile < 1.0:
+            top, limit = _sampled_quantile(lengths, settings.quantile), settings.clamp * settings.step
         else:
-            sample = lengths[:, ::2, ::2, ::2]
-            sample = sample[sample > 0]
-            top = float(torch.quantile(sample.float(), settings.quantile)) if sample.numel() else 0.0
+            top = float(lengths.max())
+            if settings.outlier_ratio is not None:
+                cap = settings.outlier_ratio * _sampled_quantile(lengths, OUTLIER_QUANTILE)
+                top, limit = (min(top, cap) if cap > 0 else top), settings.step
         scale = settings.step / top if top > 0 else 0.0
         step = gradient * scale
-        if settings.quantile < 1.0:  # clamp the long tail to clamp * step voxels
-            shrink = (settings.clamp * settings.step / (lengths * scale).clamp_min(1e-12)).clamp(max=1.0)
+        if limit is not None:  # clamp the long tail
+            shrink = (limit / (lengths * scale).clamp_min(1e-12)).clamp(max=1.0)
             step = step * shrink.unsqueeze(1)
         disp = spatial.compose(disp, step) if settings.compose else disp + step
         return spatial.gaussian_blur(disp, settings.sigma_field) if settings.sigma_field > 0 else disp
+
+
+def _sampled_quantile(lengths: torch.Tensor, quantile: float) -> float:
+    """``quantile`` of the non-zero ``lengths`` ``[1, D0, D1, D2]`` on every 2nd voxel per axis (0 if none)."""
+    sample = lengths[:, ::2, ::2, ::2]
+    sample = sample[sample > 0]
+    return float(torch.quantile(sample.double(), quantile)) if sample.numel() else 0.0
 
 
 def optimise_level(

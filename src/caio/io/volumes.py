@@ -206,6 +206,19 @@ def moving_voxel_coordinates(
     return torch.einsum("ij,bjxyz->bixyz", rotation, grid) + shift.view(1, 3, 1, 1, 1)
 
 
+def field_of_view(
+    moving_shape: Sequence[int], moving_affine: np.ndarray, fixed_shape: Sequence[int], fixed_affine: np.ndarray
+) -> np.ndarray:
+    """The fixed voxels that see the moving image: ``(D0, D1, D2)`` bool, true where the point ``x`` maps inside
+    the moving grid (every moving-voxel coordinate in ``[0, M_c - 1]``, :func:`moving_voxel_coordinates`), so that
+    :func:`resample_to_grid` interpolates there between moving voxels only, never the zeros it pads with."""
+    coords = moving_voxel_coordinates(fixed_shape, fixed_affine, moving_affine)[0]
+    inside = torch.ones(tuple(fixed_shape), dtype=torch.bool)
+    for axis, size in enumerate(moving_shape[:3]):
+        inside &= (coords[axis] >= -1e-6) & (coords[axis] <= size - 1 + 1e-6)
+    return inside.numpy()
+
+
 def resample_to_grid(
     moving: np.ndarray,
     moving_affine: np.ndarray,

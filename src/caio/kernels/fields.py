@@ -194,18 +194,32 @@ def _scale_and_clamp(field, factor, max_length):
                 field[2, i, j, k] = c
 
 
-def scale_to_quantile_norm(field: np.ndarray, length: float, quantile: float, clamp: float) -> None:
-    """Scale ``(3, D0, D1, D2)`` in place so that the ``quantile`` of its vector lengths (over the
-    non-zero vectors, estimated on every 2nd voxel per axis) is ``length``; longer vectors are
-    clamped to ``clamp * length``."""
-    sample = field[:, ::2, ::2, ::2]
+def sampled_quantile_norm(field: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of the vector lengths of ``(3, D0, D1, D2)`` over its non-zero vectors, estimated on every
+    2nd voxel per axis (squares in float64: no denormal float32 products); 0 if every vector is zero."""
+    sample = field[:, ::2, ::2, ::2].astype(np.float64)
     norms = np.sqrt((sample * sample).sum(axis=0)).ravel()
     norms = norms[norms > 0]
-    if norms.size == 0:
-        return
-    top = float(np.quantile(norms, quantile))
+    return float(np.quantile(norms, quantile)) if norms.size else 0.0
+
+
+def scale_to_quantile_norm(field: np.ndarray, length: float, quantile: float, clamp: float) -> None:
+    """Scale ``(3, D0, D1, D2)`` in place so that the ``quantile`` of its vector lengths
+    (:func:`sampled_quantile_norm`) is ``length``; longer vectors are clamped to ``clamp * length``."""
+    top = sampled_quantile_norm(field, quantile)
     if top > 0:
         _scale_and_clamp(field, np.float32(length / top), np.float32(clamp * length))
+
+
+def scale_to_robust_max_norm(field: np.ndarray, length: float, quantile: float, ratio: float) -> None:
+    """Scale ``(3, D0, D1, D2)`` in place so that its longest vector is ``length``, the longest counted as at most
+    ``ratio`` times the ``quantile`` of the lengths (:func:`sampled_quantile_norm`); longer vectors are clamped to
+    ``length`` (:attr:`caio.engine.optimizer.LevelSettings.outlier_ratio`)."""
+    top = math.sqrt(_max_squared_norm(field))
+    cap = ratio * sampled_quantile_norm(field, quantile)
+    top = min(top, cap) if cap > 0 else top
+    if top > 0:
+        _scale_and_clamp(field, np.float32(length / top), np.float32(length))
 
 
 def scale_to_max_norm(field: np.ndarray, length: float) -> None:
