@@ -199,6 +199,15 @@ def test_outlier_ratio_keeps_a_few_long_vectors_from_setting_the_step_of_the_fie
     )
 
 
+def test_sampled_quantile_of_the_torch_path_stays_within_torch_quantile_input_limit():
+    from caio.engine.optimizer import _sampled_quantile
+
+    lengths = torch.rand(1, 40, 40, 40)
+    exact = torch.quantile(lengths[:, ::2, ::2, ::2].double().flatten(), 0.999).item()
+    assert _sampled_quantile(lengths, 0.999) == pytest.approx(exact)
+    assert _sampled_quantile(lengths, 0.999, limit=1000) == pytest.approx(exact, abs=0.01)  # 8000 -> 889 samples
+
+
 def test_annealed_step_shrinks_linearly_from_step_to_final_step():
     settings = LevelSettings(step=1.0, final_step=0.25)
     steps = [settings.at_iteration(done, 4).step for done in range(4)]

@@ -32,6 +32,9 @@ from caio import spatial
 OUTLIER_QUANTILE = 0.999
 """The quantile of the update's vector lengths that :attr:`LevelSettings.outlier_ratio` refers to."""
 
+TORCH_QUANTILE_LIMIT = 1 << 24
+"""Most elements :func:`torch.quantile` accepts."""
+
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor]]
 """``(fixed, warped) -> (similarity, d similarity / d warped)``; higher similarity is better."""
 
@@ -184,10 +187,13 @@ class TorchKernels:
         return spatial.gaussian_blur(disp, settings.sigma_field) if settings.sigma_field > 0 else disp
 
 
-def _sampled_quantile(lengths: torch.Tensor, quantile: float) -> float:
-    """``quantile`` of the non-zero ``lengths`` ``[1, D0, D1, D2]`` on every 2nd voxel per axis (0 if none)."""
+def _sampled_quantile(lengths: torch.Tensor, quantile: float, limit: int = TORCH_QUANTILE_LIMIT) -> float:
+    """``quantile`` of the non-zero ``lengths`` ``[1, D0, D1, D2]`` on every 2nd voxel per axis (0 if none), from at
+    most ``limit`` of them (evenly spaced: :func:`torch.quantile` refuses more than 2^24, grids above ~134 M voxels)."""
     sample = lengths[:, ::2, ::2, ::2]
     sample = sample[sample > 0]
+    if sample.numel() > limit:
+        sample = sample[:: sample.numel() // limit + 1]
     return float(torch.quantile(sample.double(), quantile)) if sample.numel() else 0.0
 
 
