@@ -7,11 +7,13 @@ measures the TRE proxy (label-centroid distance, mm) on the same warped label ma
 
 from __future__ import annotations
 
+import importlib
 import json
 import resource
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,19 +231,25 @@ def fireants_image(path: Path):
     return BatchedImages([Image.load_file(str(path), device="cpu")])
 
 
+def fireants_modules(import_module: Callable[[str], Any] = importlib.import_module) -> tuple[Any, Any, Any]:
+    """FireANTs' ``registration.moments``, ``.affine`` and ``.greedy`` modules, imported by ``import_module``; a
+    ``RuntimeError`` saying how to install it if it is not installed."""
+    try:
+        return tuple(import_module(f"fireants.registration.{name}") for name in ("moments", "affine", "greedy"))
+    except ImportError as err:
+        raise RuntimeError(f"fireants not installed ({err}): {FIREANTS_INSTALL}") from None
+
+
 def fireants_register(fixed_path: Path, moving_path: Path, cross: bool, threads: int) -> FireantsRun:
     """FireANTs 1.5.0 on the CPU as its brain-MRI quickstart registers, in world coordinates: moments (centre of
     mass, scale 4), affine (scales 4/2/1, 200/100/50 Adam steps, lr 3e-3), then greedy compositive deformable
     (scales 4/2/1, 200/100/25 Adam steps, lr 0.5, smoothing sigmas grad 1 / warp 0.5), local CC of size 5 (global
     MI for cross-contrast); ``threads`` torch threads. A ``RuntimeError`` saying how to install it if it is not."""
-    try:
-        import torch
-        from fireants.registration.affine import AffineRegistration
-        from fireants.registration.greedy import GreedyRegistration
-        from fireants.registration.moments import MomentsRegistration
-    except ImportError as err:
-        raise RuntimeError(f"fireants not installed ({err}): {FIREANTS_INSTALL}") from None
+    import torch
 
+    moments_module, affine_module, greedy_module = fireants_modules()
+    MomentsRegistration, AffineRegistration = moments_module.MomentsRegistration, affine_module.AffineRegistration
+    GreedyRegistration = greedy_module.GreedyRegistration
     torch.set_num_threads(threads)
     fixed, moving = fireants_image(fixed_path), fireants_image(moving_path)
     loss = {"loss_type": "mi"} if cross else {"loss_type": "cc", "cc_kernel_size": 5}

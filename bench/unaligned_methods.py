@@ -411,12 +411,13 @@ DEFAULT_METHODS = tuple(m for m in METHODS if m != "fireants")
 """``fireants`` runs only when named (minutes per pair on the CPU)."""
 
 
-def score(case: Path, method: str, work: Path, threads: int) -> dict:
-    """One row: ``case``, ``set``, ``method`` and the method's measurements (or ``error``)."""
+def score(case: Path, method: str, work: Path, threads: int, methods: dict | None = None) -> dict:
+    """One row: ``case``, ``set``, ``method`` and the method's measurements (or ``error``); ``methods``: name ->
+    ``run_*`` function (default :data:`METHODS`)."""
     pair = load_pair(case)
     row = {"set": pair.meta["set"], "case": case.name, "method": method, "labels": len(pair.labels)}
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return {**row, **METHODS[method](pair, work, threads)}
+        return {**row, **(METHODS if methods is None else methods)[method](pair, work, threads)}
     except Exception as err:  # a failing method is a row with its error, the others go on
         return {**row, "error": f"{type(err).__name__}: {err}"[:300]}

@@ -4,7 +4,6 @@ and its coordinates read in nibabel's axis order (SimpleITK's arrays are reverse
 from __future__ import annotations
 
 import json
-import sys
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from bench import unaligned
-from bench.methods import FIREANTS_INSTALL
+from bench.methods import FIREANTS_INSTALL, fireants_modules
 from bench.unaligned_methods import DEFAULT_METHODS, METHODS, fireants_field_in_voxels, fireants_moving_voxels, score
 
 
@@ -23,7 +22,7 @@ def test_fireants_is_a_method_but_not_a_default_one():
     assert unaligned.parse_args(["--methods", "fireants"]).methods == ["fireants"]
 
 
-def test_fireants_missing_gives_an_error_row(tmp_path, monkeypatch):
+def test_fireants_missing_gives_an_error_row(tmp_path):
     labels = np.zeros((8, 7, 6), np.int32)
     labels[2:5, 2:5, 1:4] = 1
     case = tmp_path / "unaligned_toy"
@@ -31,10 +30,14 @@ def test_fireants_missing_gives_an_error_row(tmp_path, monkeypatch):
     for name in ("fixed", "moving", "fixed_seg", "moving_seg"):
         nib.save(nib.Nifti1Image(labels, np.eye(4)), str(case / f"{name}.nii.gz"))
     (case / "meta.json").write_text(json.dumps({"set": "toy", "cross": False}))
-    for name in [m for m in sys.modules if m == "fireants" or m.startswith("fireants.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "fireants", None)  # `import fireants...` raises ImportError
-    row = score(case, "fireants", tmp_path / "work", 1)
+
+    def missing(name: str):
+        raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+
+    def run_without_fireants(pair, work, threads):  # the installed run_fireants' first step, with no package to import
+        fireants_modules(import_module=missing)
+
+    row = score(case, "fireants", tmp_path / "work", 1, methods={"fireants": run_without_fireants})
     assert row["method"] == "fireants" and row["set"] == "toy" and "dice" not in row
     assert row["error"].startswith("RuntimeError: fireants not installed") and FIREANTS_INSTALL in row["error"]
     assert f"| toy | unaligned_toy | fireants | {row['error']} |" in unaligned.case_table([row])
