@@ -280,11 +280,15 @@ def tissue_lines(pairs, scores: np.ndarray, tissue: np.ndarray, default: GateCon
         same = [i for i in idx if scores[i] >= default.threshold]
         by_score = sum(bool(scores[i] < default.ambiguous_below) for i in same)
         moved = sum(bool(scores[i] >= default.ambiguous_below and tissue[i] < default.tissue_below) for i in same)
-        lines.append(
-            f"| {g} | {'cross' if pairs[idx[0]][3] else 'same'} | {len(idx)} | {np.nanmin(t):.3f} | "
-            f"{np.nanmedian(t):.3f} | {np.nanmax(t):.3f} | {by_score} / {len(idx)} | {moved} / {len(idx)} |"
-        )
+        lines.append(f"{_group_cells(g, pairs, idx, t)} {by_score} / {len(idx)} | {moved} / {len(idx)} |")
     return lines
+
+
+def _group_cells(group: str, pairs, idx, values: np.ndarray) -> str:
+    """A group's first table cells: name, kind, pair count, and the min / median / max of ``values`` (NaN ignored)."""
+    kind = "cross" if pairs[idx[0]][3] else "same"
+    spread = f"{np.nanmin(values):.3f} | {np.nanmedian(values):.3f} | {np.nanmax(values):.3f}"
+    return f"| {group} | {kind} | {len(idx)} | {spread} |"
 
 
 def write_report(out: Path, pairs, sweep, chosen, default: GateConfig, seconds: float, tissue: np.ndarray) -> None:
@@ -330,10 +334,7 @@ def write_report(out: Path, pairs, sweep, chosen, default: GateConfig, seconds: 
         s = scores[idx]
         is_cross = pairs[idx[0]][3]
         bad = int((s >= default.threshold).sum() if is_cross else (s < default.threshold).sum())
-        lines.append(
-            f"| {g} | {'cross' if is_cross else 'same'} | {len(idx)} | {s.min():.3f} | "
-            f"{np.median(s):.3f} | {s.max():.3f} | {bad} |"
-        )
+        lines.append(f"{_group_cells(g, pairs, idx, s)} {bad} |")
     lines += [
         "",
         "## Parameter sweep",

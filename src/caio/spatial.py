@@ -178,9 +178,15 @@ def resize_image(image: torch.Tensor, shape: Sequence[int], antialias: bool = Tr
     if tuple(old) == shape:
         return image
     if antialias:
-        sigmas = [0.5 * s if n < o else 0.0 for s, n, o in zip(grid_scale(old, shape), shape, old)]
-        image = gaussian_blur(image, sigmas)
+        image = gaussian_blur(image, antialias_sigmas(old, shape))
     return F.interpolate(image, size=shape, mode="trilinear", align_corners=ALIGN_CORNERS)
+
+
+def antialias_sigmas(old_shape: Sequence[int], new_shape: Sequence[int]) -> list[float]:
+    """Gaussian sigma (voxels of ``old_shape``) per axis that :func:`resize_image` blurs with before shrinking:
+    ``0.5 * factor`` along each shrinking axis, 0 along the others."""
+    scales = grid_scale(old_shape, new_shape)
+    return [0.5 * s if n < o else 0.0 for s, n, o in zip(scales, new_shape, old_shape)]
 
 
 def gaussian_kernel1d(

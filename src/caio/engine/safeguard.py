@@ -89,13 +89,13 @@ class AlignmentCheck:
     def score(self, disp: torch.Tensor | None) -> float:
         """Minus the mean squared descriptor difference inside the fixed foreground of the moving image warped by
         ``disp`` (``[1, 3, ...]`` voxels of any grid of the pair; ``None``: no displacement); higher is better."""
-        if disp is None:
-            return -float((self.fixed - self.moving).square().sum(dim=1)[0][self.mask].mean())
-        disp = spatial.resize_displacement(disp.float(), self.shape)
-        if self.fused:
-            arrays = (np.ascontiguousarray(x[0].numpy(), dtype=np.float32) for x in (self.fixed, self.moving, disp))
-            return -float(masked_warped_ssd(*arrays, self.mask.numpy()))
-        warped = spatial.warp(self.moving, disp)
+        warped = self.moving
+        if disp is not None:
+            disp = spatial.resize_displacement(disp.float(), self.shape)
+            if self.fused:
+                arrays = (np.ascontiguousarray(x[0].numpy(), dtype=np.float32) for x in (self.fixed, self.moving, disp))
+                return -float(masked_warped_ssd(*arrays, self.mask.numpy()))
+            warped = spatial.warp(self.moving, disp)
         return -float((self.fixed - warped).square().sum(dim=1)[0][self.mask].mean())
 
 

@@ -212,11 +212,17 @@ def field_of_view(
     """The fixed voxels that see the moving image: ``(D0, D1, D2)`` bool, true where the point ``x`` maps inside
     the moving grid (every moving-voxel coordinate in ``[0, M_c - 1]``, :func:`moving_voxel_coordinates`), so that
     :func:`resample_to_grid` interpolates there between moving voxels only, never the zeros it pads with."""
-    coords = moving_voxel_coordinates(fixed_shape, fixed_affine, moving_affine)[0]
-    inside = torch.ones(tuple(fixed_shape), dtype=torch.bool)
-    for axis, size in enumerate(moving_shape[:3]):
-        inside &= (coords[axis] >= -1e-6) & (coords[axis] <= size - 1 + 1e-6)
-    return inside.numpy()
+    coords = moving_voxel_coordinates(fixed_shape, fixed_affine, moving_affine)
+    return inside_grid(coords, moving_shape, tolerance=1e-6)[0].numpy()
+
+
+def inside_grid(coords: torch.Tensor, shape: Sequence[int], tolerance: float = 0.0) -> torch.Tensor:
+    """``[B, D0, D1, D2]`` bool: the points of ``coords`` (``[B, 3, D0, D1, D2]`` voxel coordinates of a grid of
+    ``shape``) with every coordinate in ``[-tolerance, shape_c - 1 + tolerance]``."""
+    inside = torch.ones((coords.shape[0], *coords.shape[2:]), dtype=torch.bool, device=coords.device)
+    for axis, size in enumerate(shape[:3]):
+        inside &= (coords[:, axis] >= -tolerance) & (coords[:, axis] <= size - 1 + tolerance)
+    return inside
 
 
 def resample_to_grid(

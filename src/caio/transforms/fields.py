@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from caio import spatial
-from caio.io.volumes import moving_voxel_coordinates
+from caio.io.volumes import inside_grid, moving_voxel_coordinates
 from caio.kernels.inverse import preimage_points
 
 
@@ -140,9 +140,7 @@ def inverse_field(
 def _round_trip_error_mm(fixed_shape, fixed_affine, moving_shape, moving_affine, transform, disp, inverse) -> float:
     """Mean ``|phi^-1(phi(x)) - x|`` in mm over the fixed voxels that ``phi`` maps inside the moving grid."""
     phi = moving_voxel_coordinates_through(fixed_shape, fixed_affine, moving_affine, transform, disp)
-    inside = torch.ones(phi.shape[2:], dtype=torch.bool)
-    for axis, n in enumerate(moving_shape):
-        inside &= (phi[0, axis] >= 0) & (phi[0, axis] <= n - 1)
+    inside = inside_grid(phi, moving_shape)[0]
     identity = spatial.identity_grid(fixed_shape, dtype=torch.float64)
     back = phi + spatial.sample(inverse.double(), phi)  # fixed voxels
     spacing = torch.from_numpy(np.linalg.norm(np.asarray(fixed_affine, np.float64)[:3, :3], axis=0))

@@ -64,11 +64,8 @@ def antialiased_resize(image: torch.Tensor, shape: tuple[int, ...]) -> torch.Ten
     along each shrinking axis, replicate padding, then trilinear resampling)."""
     if image.device.type != "cpu" or image.dtype != torch.float32 or image.shape[0] != 1:
         return spatial.resize_image(image, shape)
-    old = tuple(image.shape[2:])
-    scales = spatial.grid_scale(old, shape)
-    kernels = tuple(
-        spatial.gaussian_kernel1d(0.5 * s).numpy() if n < o else None for s, n, o in zip(scales, shape, old)
-    )
+    sigmas = spatial.antialias_sigmas(tuple(image.shape[2:]), shape)
+    kernels = tuple(spatial.gaussian_kernel1d(sigma).numpy() if sigma > 0 else None for sigma in sigmas)
     blurred = torch.from_numpy(filter_each_axis(image[0].numpy(), kernels, replicate=True))[None]
     return spatial.resize_image(blurred, shape, antialias=False)
 
