@@ -113,6 +113,29 @@ def test_numba_similarity_field_matches_the_torch_path(kind):
     assert torch.allclose(field[0], reference, atol=1e-4 * float(reference.abs().max()))
 
 
+def test_sampling_through_a_matrix_matches_grid_sample_with_zero_padding():
+    volume = smooth_random((13, 17, 15), 4, 1.0, 1.0, 14)[0].numpy()
+    matrix = np.array([[0.9, 0.2, 0.0, -2.5], [-0.1, 1.1, 0.1, 1.0], [0.05, 0.0, 0.8, 3.2]])  # part lands outside
+    out = np.empty((4, 11, 12, 16), np.float32)
+    ck.sample_through_matrix(volume, matrix, out)
+    index = spatial.identity_grid(out.shape[1:], dtype=torch.float64)
+    m = torch.from_numpy(matrix)
+    coords = torch.einsum("ij,bjxyz->bixyz", m[:, :3], index) + m[:, 3].view(1, 3, 1, 1, 1)
+    expected = spatial.sample(torch.from_numpy(volume)[None].double(), coords, padding_mode="zeros")[0].numpy()
+    assert (expected == 0).any() and (expected != 0).any()
+    assert np.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_fused_lncc_image_gradient_matches_the_torch_reference(squared):
+    shape = (15, 19, 17)
+    fixed, warped = smooth_random(shape, 1, 1.0, 1.0, 12), smooth_random(shape, 1, 1.0, 1.0, 13)
+    sim, gradient = cs.lncc_image_gradient(fixed[0, 0].numpy(), warped[0, 0].numpy(), 2, 1e-3, squared)
+    ref_sim, ref_grad = lncc_and_gradient(fixed, warped, 2, 1e-3, squared=squared)
+    assert sim == pytest.approx(ref_sim, rel=1e-4)
+    assert np.allclose(gradient, ref_grad[0, 0].numpy(), atol=1e-4 * float(ref_grad.abs().max()))
+
+
 def test_numba_and_torch_paths_recover_the_same_warp_equally_well():
     shape = (24, 26, 24)
     moving = smooth_random(shape, 1, 1.5, 1.0, 10)

@@ -113,6 +113,50 @@ def warp_with_gradient(moving, disp, warped, gradient):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
+def sample_through_matrix(volume, matrix, out):
+    """Trilinear samples of every channel of ``volume`` at ``matrix @ (i, j, k, 1)`` for every voxel of ``out``,
+    zero outside the volume (each of the 8 corners beyond it counts 0): ``grid_sample`` with zeros padding and
+    aligned corners, without a coordinate grid (the affine step's warp of its moving stack).
+
+    Args:
+        volume: ``(C, M0, M1, M2)``.
+        matrix: ``(3, 4)`` float64, voxel of ``out`` -> voxel of ``volume``.
+        out: ``(C, D0, D1, D2)``.
+    """
+    nc, m0, m1, m2 = volume.shape
+    _, n0, n1, n2 = out.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                x = matrix[0, 0] * i + matrix[0, 1] * j + matrix[0, 2] * k + matrix[0, 3]
+                y = matrix[1, 0] * i + matrix[1, 1] * j + matrix[1, 2] * k + matrix[1, 3]
+                z = matrix[2, 0] * i + matrix[2, 1] * j + matrix[2, 2] * k + matrix[2, 3]
+                for c in range(nc):
+                    out[c, i, j, k] = 0.0
+                if x <= -1.0 or y <= -1.0 or z <= -1.0 or x >= m0 or y >= m1 or z >= m2:
+                    continue
+                i0, j0, k0 = int(math.floor(x)), int(math.floor(y)), int(math.floor(z))
+                fx, fy, fz = x - i0, y - j0, z - k0
+                for a in range(2):
+                    ia = i0 + a
+                    if ia < 0 or ia >= m0:
+                        continue
+                    wa = fx if a else 1.0 - fx
+                    for b in range(2):
+                        jb = j0 + b
+                        if jb < 0 or jb >= m1:
+                            continue
+                        wb = wa * (fy if b else 1.0 - fy)
+                        for d in range(2):
+                            kd = k0 + d
+                            if kd < 0 or kd >= m2:
+                                continue
+                            w = wb * (fz if d else 1.0 - fz)
+                            for c in range(nc):
+                                out[c, i, j, k] += w * volume[c, ia, jb, kd]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
 def central_gradient(image, gradient):
     """Central differences of ``image`` ``(D0, D1, D2)`` along each axis (one-sided at the
     border) into ``gradient`` ``(3, D0, D1, D2)``, as :func:`caio.engine.optimizer.spatial_gradient`."""

@@ -80,6 +80,38 @@ def _lncc_field(fixed, warped, gradient, terms, scale, out):
                 out[2, i, j, k] = _flushed(g * gradient[0, 2, i, j, k])
 
 
+@njit(cache=True, parallel=True, fastmath=True)
+def _lncc_image_gradient(fixed, warped, terms, scale, out):
+    """``out = d similarity / d warped`` from the boxed terms (the factor of ``_lncc_field`` alone)."""
+    n0, n1, n2 = out.shape
+    for i in prange(n0):
+        for j in range(n1):
+            for k in range(n2):
+                out[i, j, k] = (
+                    fixed[i, j, k] * terms[0, i, j, k]
+                    - terms[1, i, j, k]
+                    - warped[i, j, k] * terms[2, i, j, k]
+                    + terms[3, i, j, k]
+                ) * scale
+
+
+def _lncc_boxed_terms(
+    fixed: np.ndarray, warped: np.ndarray, radius: int, eps: float, squared: bool, work: Workspace
+) -> tuple[float, np.ndarray]:
+    """Sum of ``ncc_w`` (or ``ncc_w^2``) over the window centres and the four box-summed gradient terms
+    ``(4, D0, D1, D2)`` (a ``work`` array) that :func:`caio.similarity.lncc.lncc_and_gradient` defines."""
+    shape = fixed.shape
+    products = work.get("products", (5, *shape))
+    _lncc_products(fixed, warped, products)
+    ones = np.ones(2 * radius + 1, np.float32)
+    stats = separable_filter(products, ones, False, work.get("stats", (5, *shape)), work)
+    n = float((2 * radius + 1) ** 3)
+    terms = products[:4]  # the products are no longer needed once filtered: their memory takes the terms,
+    total = _lncc_terms(stats, n, (n * eps) ** 2, squared, terms)
+    boxed = separable_filter(terms, ones, False, stats[:4], work)  # and the stats' memory takes the boxed terms
+    return float(total), boxed
+
+
 def lncc_displacement_gradient(
     fixed: np.ndarray,
     moving: np.ndarray,
@@ -108,18 +140,30 @@ def lncc_displacement_gradient(
     warp_with_gradient(moving[None], disp, warped, grad)
     if warped_gradient:  # gradient of the warped image itself (includes the field's Jacobian)
         central_gradient(warped[0], grad[0])
-    products = work.get("products", (5, *shape))
-    _lncc_products(fixed, warped[0], products)
-    ones = np.ones(2 * radius + 1, np.float32)
-    stats = separable_filter(products, ones, False, work.get("stats", (5, *shape)), work)
-    n = float((2 * radius + 1) ** 3)
-    terms = products[:4]  # the products are no longer needed once filtered: their memory takes the terms,
-    total = _lncc_terms(stats, n, (n * eps) ** 2, squared, terms)
-    boxed = separable_filter(terms, ones, False, stats[:4], work)  # and the stats' memory takes the boxed terms
+    total, boxed = _lncc_boxed_terms(fixed, warped[0], radius, eps, squared, work)
     count = float(fixed.size)
     out = work.get("field", (3, *shape))
     _lncc_field(fixed, warped[0], grad, boxed, 1.0 / count, out)
-    return float(total) / count, out
+    return total / count, out
+
+
+def lncc_image_gradient(
+    fixed: np.ndarray, warped: np.ndarray, radius: int, eps: float, squared: bool = False, work: Workspace | None = None
+) -> tuple[float, np.ndarray]:
+    """Mean LNCC (or squared LNCC) of two images on one grid and its gradient with respect to ``warped``: the
+    fused CPU version of :func:`caio.similarity.lncc.lncc_and_gradient` (the affine step's similarity).
+
+    Args:
+        fixed, warped: ``(D0, D1, D2)`` float32, C-contiguous.
+    Returns:
+        ``(similarity, gradient)``: gradient ``(D0, D1, D2)``, ``work``'s array ``"image_gradient"``.
+    """
+    work = work or Workspace()
+    total, boxed = _lncc_boxed_terms(fixed, warped, radius, eps, squared, work)
+    count = float(fixed.size)
+    out = work.get("image_gradient", fixed.shape)
+    _lncc_image_gradient(fixed, warped, boxed, 1.0 / count, out)
+    return total / count, out
 
 
 @njit(cache=True, parallel=True, fastmath=True)
