@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from caio import spatial
 from caio.transforms import world
 
 OBLIQUE = np.array([[0.9, 0.1, 0.0, 3.0], [0.0, -1.2, 0.2, -5.0], [0.1, 0.0, 1.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
@@ -12,7 +13,7 @@ OBLIQUE = np.array([[0.9, 0.1, 0.0, 3.0], [0.0, -1.2, 0.2, -5.0], [0.1, 0.0, 1.5
 def test_intensity_moments_equal_the_weighted_moments_of_every_voxels_world_point():
     image = np.random.default_rng(0).random((17, 23, 11)) - 0.2  # some negative values: they weigh 0
     weight = np.clip(image, 0, None).reshape(-1)
-    points = world.world_points(image.shape, OBLIQUE)
+    points = (OBLIQUE[:3, :3] @ spatial.identity_grid_np(image.shape).reshape(3, -1) + OBLIQUE[:3, 3:4]).T  # (N, 3) mm
     centre = (weight[:, None] * points).sum(axis=0) / weight.sum()
     covariance = ((points - centre) * weight[:, None]).T @ (points - centre) / weight.sum()
 

@@ -63,18 +63,21 @@ def _lncc_terms(stats, n, e, squared, out):
     return partial.sum()
 
 
+@njit(cache=True, inline="always")
+def _lncc_warped_derivative(fixed, warped, terms, i, j, k):
+    """``d similarity / d warped`` at voxel ``(i, j, k)`` (before the ``1 / voxels`` scale) from the boxed terms."""
+    return (
+        fixed[i, j, k] * terms[0, i, j, k] - terms[1, i, j, k] - warped[i, j, k] * terms[2, i, j, k] + terms[3, i, j, k]
+    )
+
+
 @njit(cache=True, parallel=True, fastmath=True)
 def _lncc_field(fixed, warped, gradient, terms, scale, out):
     _, n0, n1, n2 = out.shape
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
-                g = (
-                    fixed[i, j, k] * terms[0, i, j, k]
-                    - terms[1, i, j, k]
-                    - warped[i, j, k] * terms[2, i, j, k]
-                    + terms[3, i, j, k]
-                ) * scale
+                g = _lncc_warped_derivative(fixed, warped, terms, i, j, k) * scale
                 out[0, i, j, k] = _flushed(g * gradient[0, 0, i, j, k])
                 out[1, i, j, k] = _flushed(g * gradient[0, 1, i, j, k])
                 out[2, i, j, k] = _flushed(g * gradient[0, 2, i, j, k])
@@ -87,12 +90,7 @@ def _lncc_image_gradient(fixed, warped, terms, scale, out):
     for i in prange(n0):
         for j in range(n1):
             for k in range(n2):
-                out[i, j, k] = (
-                    fixed[i, j, k] * terms[0, i, j, k]
-                    - terms[1, i, j, k]
-                    - warped[i, j, k] * terms[2, i, j, k]
-                    + terms[3, i, j, k]
-                ) * scale
+                out[i, j, k] = _lncc_warped_derivative(fixed, warped, terms, i, j, k) * scale
 
 
 def _lncc_boxed_terms(

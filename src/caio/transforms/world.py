@@ -104,13 +104,6 @@ def crop_to_content(grid: Grid, weight: torch.Tensor, margin: int) -> tuple[Grid
     return Grid(grid.image[box].contiguous(), affine), weight[box].contiguous()
 
 
-def world_points(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
-    """``(N, 3)`` float64 world coordinates (mm) of every voxel, C order."""
-    index = spatial.identity_grid_np(shape).reshape(3, -1)
-    affine = np.asarray(affine, np.float64)
-    return (affine[:3, :3] @ index + affine[:3, 3:4]).T
-
-
 @dataclass(frozen=True)
 class Moments:
     """Intensity moments of an image in world coordinates: ``total`` weight, ``centre`` ``(3,)`` mm,
